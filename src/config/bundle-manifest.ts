@@ -1,0 +1,125 @@
+/**
+ * The bundle manifest: everything a device needs to run, trust and explain a model. It is the single
+ * truth the detector graphs are built from, and it carries post-processing (calibration) with the model
+ * so training and deployment give the same verdicts.
+ */
+import { z } from 'zod';
+import { ModelParamsSchema } from './model-schema.js';
+
+export const BUNDLE_FORMAT = 'ast-edge-bundle';
+export const BUNDLE_FORMAT_VERSION = 1;
+
+const SEMVER = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$/;
+const RELATIVE_FILE = /^(?!\/)(?!.*\.\.)[A-Za-z0-9._/-]+$/;
+
+export const FileEntrySchema = z.object({
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits'),
+  bytes: z.int().min(0),
+});
+
+export const InputSpecSchema = z.object({
+  /** Frames enter the fused graph as uint8 RGB, NHWC, at exactly this size. */
+  width: z.int().min(8),
+  height: z.int().min(8),
+  layout: z.literal('NHWC'),
+  dtype: z.literal('uint8'),
+  colorSpace: z.literal('RGB'),
+  /** Applied inside the graph after scaling to [0, 1]: (x − mean) / std per channel. */
+  mean: z.array(z.number()).length(3),
+  std: z.array(z.number().positive()).length(3),
+});
+export type InputSpec = z.infer<typeof InputSpecSchema>;
+
+export const BackboneOutputSchema = z.object({
+  name: z.string().min(1),
+  layer: z.string().optional(),
+  channels: z.int().min(1),
+  stride: z.int().min(1),
+});
+
+export const BackboneSpecSchema = z.object({
+  file: z.string().regex(RELATIVE_FILE, 'must be a relative path inside the bundle'),
+  name: z.string().min(1),
+  description: z.string(),
+  inputName: z.string().min(1),
+  /** Inputs the backbone expects in NCHW float32 (after the manifest's normalisation). */
+  outputs: z.array(BackboneOutputSchema).min(1),
+});
+export type BackboneSpec = z.infer<typeof BackboneSpecSchema>;
+
+export const CalibrationSchema = z.object({
+  /** Raw image score at and above which a part is rejected. */
+  threshold: z.number().nonnegative(),
+  /** Statistics of held-out good scores; normalised = sigmoid((raw − threshold) / goodStd), so the threshold sits at 0.5. */
+  goodMean: z.number(),
+  goodStd: z.number().positive(),
+  method: z.enum(['false-reject-rate', 'best-f1', 'manual']),
+  targetFalseRejectRate: z.number().min(0).max(1).optional(),
+  samples: z.int().min(0),
+});
+export type Calibration = z.infer<typeof CalibrationSchema>;
+
+export const ProvenanceSchema = z.object({
+  source: z.enum(['import-reference', 'train', 'fine-tune', 'synthetic']),
+  tool: z.string(),
+  createdAt: z.iso.datetime(),
+  from: z.string().optional(),
+  dataset: z.string().optional(),
+  notes: z.string().optional(),
+});
+
+export const BundleManifestSchema = z
+  .object({
+    format: z.literal(BUNDLE_FORMAT),
+    formatVersion: z.literal(BUNDLE_FORMAT_VERSION),
+    id: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'lowercase letters, digits, . _ - (max 64)'),
+    version: z.string().regex(SEMVER, 'must be a semantic version like 1.2.3'),
+    preset: z.enum(['paper', 'edge', 'custom']),
+    model: ModelParamsSchema,
+    input: InputSpecSchema,
+    /** Spatial size of the feature map (h, w) the head graph is built for. */
+    featureSize: z.object({ height: z.int().min(1), width: z.int().min(1) }),
+    backbone: BackboneSpecSchema.nullable(),
+    graphs: z.object({
+      /** features (+ depth, mask) → map, scores */
+      head: z.string().regex(RELATIVE_FILE),
+      /** image (+ depth, mask) → map, full-size map, scores; absent for feature-level bundles */
+      detector: z.string().regex(RELATIVE_FILE).optional(),
+    }),
+    /** Teacher and student state in the reference key layout. */
+    weights: z.string().regex(RELATIVE_FILE),
+    calibration: CalibrationSchema.nullable(),
+    provenance: ProvenanceSchema,
+    metrics: z.record(z.string(), z.number()).default({}),
+    files: z.record(z.string().regex(RELATIVE_FILE, 'file names must be relative paths inside the bundle'), FileEntrySchema),
+  })
+  .superRefine((m, ctx) => {
+    const needed = [m.graphs.head, m.weights, ...(m.graphs.detector ? [m.graphs.detector] : []), ...(m.backbone ? [m.backbone.file] : [])];
+    for (const f of needed) {
+      if (!m.files[f]) ctx.addIssue({ code: 'custom', path: ['files', f], message: `"${f}" is used by the manifest but has no sha256 entry` });
+    }
+    if (m.model.mode !== 'depth' && !m.backbone && m.graphs.detector) {
+      ctx.addIssue({ code: 'custom', path: ['backbone'], message: 'a detector graph for rgb/rgbd needs a backbone' });
+    }
+    if (m.backbone) {
+      const channels = m.backbone.outputs.reduce((s, o) => s + o.channels, 0);
+      if (channels !== m.model.featureChannels) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['model', 'featureChannels'],
+          message: `is ${m.model.featureChannels} but the backbone outputs ${channels} channels`,
+        });
+      }
+    }
+    if (m.model.mode !== 'rgb' && !m.model.depth) {
+      ctx.addIssue({ code: 'custom', path: ['model', 'depth'], message: `mode ${m.model.mode} needs depth parameters` });
+    }
+  });
+export type BundleManifest = z.infer<typeof BundleManifestSchema>;
+
+/** "path.to.field: reason" lines for a failed parse, so an operator sees exactly what is wrong. */
+export function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `${i.path.length ? i.path.map(String).join('.') : '(root)'}: ${i.message}`)
+    .join('; ');
+}

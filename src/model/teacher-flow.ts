@@ -1,0 +1,131 @@
+/**
+ * The AST teacher: a normalizing flow of conditional affine coupling blocks (Rudolph et al., 2023).
+ *
+ * Block i: permute channels, split x → (x1, x2), then
+ *   (a2, t2) = s2([x2, P]);  y1 = exp(e(a2))·x1 + t2
+ *   (a1, t1) = s1([y1, P]);  y2 = exp(e(a1))·x2 + t1
+ * with the soft clamp e(a) = clamp·0.636·atan(a/clamp), output [y1, y2] and per-pixel
+ * log|det J| = Σc e(a1) + Σc e(a2). Each subnet is edge-pad → conv k×k → ReLU → edge-pad → conv k×k, times γ.
+ */
+import { Graph, Value } from '../onnx/graph.js';
+import * as op from '../onnx/ops.js';
+import { i64, type HostTensor } from '../onnx/tensor.js';
+import { scaleConv, type ConvWeights, type SubnetWeights, type TeacherWeights } from './weights.js';
+
+/** The factor the reference multiplies atan by (≈ 2/π, kept as written for numerical parity). */
+export const SOFT_CLAMP_FACTOR = 0.636;
+
+const OUTPUT_LIMIT = 1e6;
+
+/** x1 gets the first ⌊C/2⌋ channels, x2 the rest (odd C gives unequal halves, as in the reference). */
+export function splitSizes(channels: number): [number, number] {
+  const len1 = Math.floor(channels / 2);
+  return [len1, channels - len1];
+}
+
+/**
+ * Supplies a graph value for a named weight tensor. Inference graphs bake weights in as initializers;
+ * training graphs (which update weights) pass them as graph inputs instead.
+ */
+export type WeightSource = (key: string, tensor: HostTensor) => Value;
+
+export const asInitializers =
+  (g: Graph): WeightSource =>
+  (key, t) =>
+    g.initializer(key.replace(/\./g, '_'), t);
+
+export interface TeacherBuildOptions {
+  clamp: number;
+  /** Emit the per-pixel log-determinant (needed for the NLL, not for scoring). */
+  withLogDet?: boolean;
+  /** Fold γ into the second conv of each subnet (inference). */
+  foldGamma?: boolean;
+  weightSource?: WeightSource;
+}
+
+function subnet(g: Graph, input: Value, w: SubnetWeights, prefix: string, o: TeacherBuildOptions): Value {
+  const src = o.weightSource ?? asInitializers(g);
+  const k = w.conv1.weight.dims[2]!;
+  const pad = (k - 1) / 2;
+  const convLayer = (x: Value, c: ConvWeights, name: string) =>
+    op.conv(g, op.padSpatial(g, x, pad, 'edge'), src(`${prefix}.${name}.weight`, c.weight), src(`${prefix}.${name}.bias`, c.bias));
+  const hidden = op.relu(g, convLayer(input, w.conv1, 'conv1'));
+  if (o.foldGamma ?? true) return convLayer(hidden, scaleConv(w.conv2, w.gamma), 'conv2');
+  const out = convLayer(hidden, w.conv2, 'conv2');
+  return op.mul(g, out, src(`${prefix}.gamma`, { dtype: 'float32', dims: [1], data: Float32Array.of(w.gamma) }));
+}
+
+function softClamp(g: Graph, a: Value, clamp: number): Value {
+  const scaled = op.atan(g, op.mul(g, a, op.scalar(g, 1 / clamp, 'inv_clamp')));
+  return op.mul(g, scaled, op.scalar(g, clamp * SOFT_CLAMP_FACTOR, 'clamp_scale'));
+}
+
+function sumChannels(g: Graph, x: Value): Value {
+  return op.reduce(g, 'ReduceSum', x, [1], false);
+}
+
+export interface TeacherOutputs {
+  z: Value;
+  /** [N, h, w], present when `withLogDet`. */
+  logDet?: Value;
+}
+
+/** Forward pass x → z. `x` is [N, C, h, w]; `pos` is the positional encoding broadcast to [N, D, h, w]. */
+export function buildTeacherForward(g: Graph, x: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): TeacherOutputs {
+  let h = x;
+  let logDet: Value | undefined;
+  weights.blocks.forEach((block, i) => {
+    const n = 3 + 2 * i; // reference key numbering
+    const channels = block.permutation.length;
+    const [len1, len2] = splitSizes(channels);
+    h = op.gather(g, h, g.initializer(`perm_${i}`, i64([channels], block.permutation)), 1, `permute_${i}`);
+    const [x1, x2] = op.split(g, h, 1, [len1, len2]) as [Value, Value];
+
+    const r2 = subnet(g, op.concat(g, [x2, pos], 1), block.s2, `module_list.${n}.s2`, o);
+    const [a2raw, t2] = op.split(g, r2, 1, [len1, len1]) as [Value, Value];
+    const a2 = softClamp(g, a2raw, o.clamp);
+    const y1 = op.add(g, op.mul(g, op.exp(g, a2), x1), t2);
+
+    const r1 = subnet(g, op.concat(g, [y1, pos], 1), block.s1, `module_list.${n}.s1`, o);
+    const [a1raw, t1] = op.split(g, r1, 1, [len2, len2]) as [Value, Value];
+    const a1 = softClamp(g, a1raw, o.clamp);
+    const y2 = op.add(g, op.mul(g, op.exp(g, a1), x2), t1);
+
+    // The reference clamps each coupling's output to ±1e6 (a guard against overflow, inactive in practice).
+    h = op.clip(g, op.concat(g, [y1, y2], 1, `coupling_${i}`), -OUTPUT_LIMIT, OUTPUT_LIMIT);
+    if (o.withLogDet) {
+      const blockLogDet = op.add(g, sumChannels(g, a1), sumChannels(g, a2));
+      logDet = logDet ? op.add(g, logDet, blockLogDet) : blockLogDet;
+    }
+  });
+  return { z: h, ...(logDet ? { logDet } : {}) };
+}
+
+function inversePermutation(p: readonly number[]): number[] {
+  const inv = new Array<number>(p.length);
+  p.forEach((src, dst) => (inv[src] = dst));
+  return inv;
+}
+
+/** Inverse pass z → x: undoes the blocks in reverse order (used to check the flow and to sample). */
+export function buildTeacherInverse(g: Graph, z: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): Value {
+  let h = z;
+  for (let i = weights.blocks.length - 1; i >= 0; i--) {
+    const block = weights.blocks[i]!;
+    const n = 3 + 2 * i;
+    const [len1, len2] = splitSizes(block.permutation.length);
+    const [y1, y2] = op.split(g, h, 1, [len1, len2]) as [Value, Value];
+
+    const r1 = subnet(g, op.concat(g, [y1, pos], 1), block.s1, `module_list.${n}.s1`, o);
+    const [a1raw, t1] = op.split(g, r1, 1, [len2, len2]) as [Value, Value];
+    const x2 = op.mul(g, op.sub(g, y2, t1), op.exp(g, op.mul(g, softClamp(g, a1raw, o.clamp), op.scalar(g, -1))));
+
+    const r2 = subnet(g, op.concat(g, [x2, pos], 1), block.s2, `module_list.${n}.s2`, o);
+    const [a2raw, t2] = op.split(g, r2, 1, [len1, len1]) as [Value, Value];
+    const x1 = op.mul(g, op.sub(g, y1, t2), op.exp(g, op.mul(g, softClamp(g, a2raw, o.clamp), op.scalar(g, -1))));
+
+    const merged = op.concat(g, [x1, x2], 1);
+    h = op.gather(g, merged, g.initializer(`unpermute_${i}`, i64([block.permutation.length], inversePermutation(block.permutation))), 1);
+  }
+  return h;
+}
