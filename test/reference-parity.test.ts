@@ -95,3 +95,39 @@ describe('parity with the reference implementation (rgb)', () => {
     expect(maxRelativeError(out.up!.data, (await npy('map_upsampled.npy')).data)).toBeLessThan(TOL);
   });
 });
+
+describe('parity with the reference implementation (rgbd)', () => {
+  const RGBD = join(FIX, 'rgbd');
+  const rnpy = async (name: string) => decodeNpy(await readFile(join(RGBD, name)), name) as HostTensor<'float32'>;
+
+  it('an imported RGB-D checkpoint, fed prepared depth and the feature-resolution mask, scores like the reference', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'ast-import-rgbd-'));
+    await importReference({
+      teacherFile: join(RGBD, 'teacher.safetensors'),
+      studentFile: join(RGBD, 'student.safetensors'),
+      preset: 'paper',
+      mode: 'rgbd',
+      out,
+      featureSize: { height: 8, width: 8 },
+      toolVersion: 'test',
+    });
+    const bundle = await readBundle(out);
+    expect(bundle.manifest.model).toMatchObject({ mode: 'rgbd', featureChannels: 8, depthChannels: 64 });
+    const features = await rnpy('features.npy');
+    const depth = await rnpy('depth_resized.npy');
+    const mask = await rnpy('fg_down.npy');
+    const n = features.dims[0]!;
+    const detector = await Detector.load(bundle, 'head');
+    const result = await detector.scoreFeatures(features, {
+      depth: f32([n, 1, depth.dims[1]!, depth.dims[2]!], depth.data),
+      mask: f32([n, 1, mask.dims[1]!, mask.dims[2]!], mask.data),
+    });
+    await detector.release();
+    expect(maxRelativeError(result.map, (await rnpy('map.npy')).data)).toBeLessThan(TOL);
+    const scores = JSON.parse(await readFile(join(RGBD, 'scores.json'), 'utf8')).samples as { max: number; mean: number }[];
+    scores.forEach((s, i) => {
+      expect(Math.abs(result.scoreMax[i]! - s.max) / s.max).toBeLessThan(TOL);
+      expect(Math.abs(result.scoreMean[i]! - s.mean) / s.mean).toBeLessThan(TOL);
+    });
+  });
+});

@@ -111,7 +111,7 @@ async function verifyFiles(dir: string, manifest: BundleManifest, source: string
       throw new BundleError(`${source}: file "${name}" listed in the manifest is missing`, source, `files.${name}`);
     }
     if (bytes.byteLength !== entry.bytes) {
-      throw new BundleError(`${source}: file "${name}" has ${bytes.byteLength} bytes, the manifest says ${entry.bytes} (truncated?)`, source, `files.${name}`);
+      throw new BundleError(`${source}: file "${name}" has ${bytes.byteLength} bytes, the manifest says ${entry.bytes} bytes (truncated?)`, source, `files.${name}`);
     }
     const actual = sha256(bytes);
     if (actual !== entry.sha256) {

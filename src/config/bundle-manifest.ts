@@ -91,9 +91,14 @@ export const BundleManifestSchema = z
     calibration: CalibrationSchema.nullable(),
     provenance: ProvenanceSchema,
     metrics: z.record(z.string(), z.number()).default({}),
-    files: z.record(z.string().regex(RELATIVE_FILE, 'file names must be relative paths inside the bundle'), FileEntrySchema),
+    files: z.record(z.string(), FileEntrySchema),
   })
   .superRefine((m, ctx) => {
+    for (const name of Object.keys(m.files)) {
+      if (!RELATIVE_FILE.test(name)) {
+        ctx.addIssue({ code: 'custom', path: ['files', name], message: 'file names must be relative paths inside the bundle' });
+      }
+    }
     const needed = [m.graphs.head, m.weights, ...(m.graphs.detector ? [m.graphs.detector] : []), ...(m.backbone ? [m.backbone.file] : [])];
     for (const f of needed) {
       if (!m.files[f]) ctx.addIssue({ code: 'custom', path: ['files', f], message: `"${f}" is used by the manifest but has no sha256 entry` });

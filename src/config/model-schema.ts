@@ -47,12 +47,19 @@ export type ScoringParams = z.infer<typeof ScoringParamsSchema>;
 export const DepthParamsSchema = z.object({
   /** Pixel-unshuffle factor of the depth map (paper: 8 → 64 channels). */
   unshuffle: z.int().min(1),
-  /** Foreground: |z − background plane| above this (paper: 7e-3, MVTec 3D-AD units). */
+  /** Foreground: |z − background| above this (paper: 7e-3, metres in MVTec 3D-AD). */
   foregroundThreshold: z.number().positive(),
-  /** Dilation of the foreground mask in pixels (paper: 8). */
+  /** Side of the square dilation of the foreground mask, in depth-map pixels (paper: 8). */
   dilation: z.int().min(0),
-  /** Side of the square corner patches the background plane is fitted to. */
+  /**
+   * Background surface: 'corners' is the reference's bilinear surface through the corner-block means;
+   * 'plane' a least-squares plane through the corner blocks.
+   */
+  background: z.enum(['corners', 'plane']),
+  /** Side of the square corner blocks the background is estimated from (reference: 2). */
   cornerSize: z.int().min(1),
+  /** Depth is scaled by this after subtracting the foreground mean (reference: 100). */
+  depthScale: z.number().positive(),
   /** Gap-filling passes (paper: 3). */
   gapFillIterations: z.int().min(0),
 });
@@ -91,7 +98,9 @@ const PAPER_DEPTH: DepthParams = {
   unshuffle: 8,
   foregroundThreshold: 7e-3,
   dilation: 8,
-  cornerSize: 10,
+  background: 'corners',
+  cornerSize: 2,
+  depthScale: 100,
   gapFillIterations: 3,
 };
 

@@ -1,0 +1,170 @@
+/**
+ * ast-agent: the one entry point. Each sub-command parses its flags here and calls a function that
+ * does the work; errors are printed as one line naming what is wrong, with a non-zero exit code.
+ */
+import { readFileSync } from 'node:fs';
+import { mkdir, writeFile, rename } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { createLogger } from './logger.js';
+import { describeBundle } from './describe-bundle.js';
+import { scoreCommand } from './score-command.js';
+import { packBundle, readBundle } from '../bundle/bundle-store.js';
+import { importReference } from '../bundle/import-reference.js';
+import { ModeSchema, PresetNameSchema } from '../config/model-schema.js';
+import { ProviderSchema, type RuntimeOptions } from '../config/runtime-schema.js';
+import { ensureDefaultBackbone } from '../model/backbone/mobilenet-v2.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+export const VERSION = pkg.version;
+
+const logger = createLogger('ast-agent');
+
+function int(name: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number, got "${v}"`);
+    return n;
+  };
+}
+
+function size(v: string): { height: number; width: number } {
+  const m = /^(\d+)x(\d+)$/.exec(v);
+  if (!m) throw new InvalidArgumentError(`expected HEIGHTxWIDTH such as 24x24, got "${v}"`);
+  return { height: Number(m[1]), width: Number(m[2]) };
+}
+
+function providers(v: string) {
+  return v.split(',').map((name) => {
+    const parsed = ProviderSchema.safeParse(name.trim());
+    if (!parsed.success) throw new InvalidArgumentError(`unknown execution provider "${name}" (use tensorrt, cuda, cpu)`);
+    return parsed.data;
+  });
+}
+
+function runtimeOptions(o: { providers?: RuntimeOptions['providers']; threads?: number }): Partial<RuntimeOptions> {
+  return { ...(o.providers ? { providers: o.providers } : {}), ...(o.threads !== undefined ? { intraOpThreads: o.threads } : {}) };
+}
+
+const providerOption = () =>
+  new Option('--providers <list>', 'execution providers to try in order, e.g. tensorrt,cuda,cpu').argParser(providers);
+const threadsOption = () => new Option('--threads <n>', 'intra-op threads (0: one per core)').argParser(int('--threads'));
+
+export function buildProgram(): Command {
+  const program = new Command('ast-agent')
+    .description('Edge inspection with the AST anomaly detector on ONNX Runtime')
+    .version(VERSION)
+    .showHelpAfterError();
+
+  program
+    .command('score')
+    .description('score feature maps [N,C,h,w] from a .npy file with a bundle; writes {"samples":[{max,mean}]}')
+    .requiredOption('--bundle <dir>', 'bundle folder or .tar')
+    .option('--features <file.npy>', 'float32 features [N, C, h, w]')
+    .option('--depth <file.npy>', 'depth modes: prepared depth [N, 8h, 8w]')
+    .option('--mask <file.npy>', 'depth modes: foreground mask at feature resolution [N, h, w]')
+    .requiredOption('--out <file.json>', 'where to write the image scores')
+    .option('--maps <file.npy>', 'also write the [N, h, w] anomaly maps (feature resolution)')
+    .addOption(providerOption())
+    .addOption(threadsOption())
+    .action(async (o) => {
+      await scoreCommand({ ...o, runtime: runtimeOptions(o) }, logger);
+    });
+
+  program
+    .command('import-reference')
+    .description("write a bundle from a checkpoint trained with the authors' PyTorch code (safetensors state_dicts)")
+    .requiredOption('--teacher <file>', 'teacher state_dict (.safetensors); permutations as perm.0… or NumPy seed order')
+    .requiredOption('--student <file>', 'student state_dict (.safetensors)')
+    .addOption(new Option('--preset <name>', 'preset for what the shapes do not say').choices(PresetNameSchema.options).default('paper'))
+    .addOption(new Option('--mode <mode>', 'rgb, depth or rgbd').choices(ModeSchema.options).default('rgb'))
+    .requiredOption('--out <dir>', 'bundle folder to write')
+    .option('--backbone <file.onnx>', 'ONNX feature extractor (NCHW float input); without it the bundle is feature-level')
+    .option('--backbone-stride <n>', 'stride of the backbone output', int('--backbone-stride'))
+    .option('--input-size <n>', 'square input side in pixels', int('--input-size'))
+    .option('--feature-size <HxW>', 'feature map size (default input/stride)', size)
+    .option('--id <id>', 'bundle id')
+    .option('--bundle-version <semver>', 'bundle version', '1.0.0')
+    .action(async (o) => {
+      const manifest = await importReference({
+        teacherFile: o.teacher,
+        studentFile: o.student,
+        preset: o.preset,
+        mode: o.mode,
+        out: o.out,
+        backboneFile: o.backbone,
+        backboneStride: o.backboneStride,
+        inputSize: o.inputSize,
+        featureSize: o.featureSize,
+        id: o.id,
+        version: o.bundleVersion,
+        toolVersion: VERSION,
+      });
+      console.log(describeBundle(manifest, resolve(o.out)));
+    });
+
+  const bundle = program.command('bundle').description('inspect, check and pack model bundles');
+  bundle
+    .command('inspect')
+    .argument('<bundle>', 'bundle folder or .tar')
+    .description('print the manifest in words (after checking every file hash)')
+    .option('--json', 'print the manifest as JSON instead')
+    .action(async (path: string, o: { json?: boolean }) => {
+      const b = await readBundle(path);
+      console.log(o.json ? JSON.stringify(b.manifest, null, 2) : describeBundle(b.manifest, b.source));
+    });
+  bundle
+    .command('check')
+    .argument('<bundle>', 'bundle folder or .tar')
+    .description('validate the manifest and every file hash; exit 0 when the bundle is complete')
+    .action(async (path: string) => {
+      const b = await readBundle(path);
+      console.log(`ok: ${b.manifest.id} ${b.manifest.version}, ${Object.keys(b.manifest.files).length} files verified`);
+    });
+  bundle
+    .command('pack')
+    .argument('<bundle>', 'bundle folder')
+    .requiredOption('--out <file.tar>', 'archive to write')
+    .description('pack a bundle folder into one .tar file')
+    .action(async (path: string, o: { out: string }) => {
+      await packBundle(path, o.out);
+      console.log(`wrote ${resolve(o.out)}`);
+    });
+
+  program
+    .command('backbone')
+    .description('default backbone (MobileNetV2 α=1.4 from the nsfwjs package)')
+    .command('build')
+    .description('generate the ONNX backbone and cache it under models/cache (or --out)')
+    .option('--layers <list>', 'comma-separated cut layers', 'expanded_conv_6/expand/Relu6')
+    .option('--out <file.onnx>', 'also copy the ONNX file here')
+    .action(async (o: { layers: string; out?: string }) => {
+      const b = await ensureDefaultBackbone({ layers: o.layers.split(',').map((s) => s.trim()) });
+      if (o.out) {
+        await mkdir(dirname(resolve(o.out)), { recursive: true });
+        const tmp = `${o.out}.tmp-${process.pid}`;
+        await writeFile(tmp, readFileSync(b.file));
+        await rename(tmp, o.out);
+      }
+      console.log(
+        `${b.cached ? 'cached' : 'built'} ${o.out ?? b.file}: input ${b.input.name} NCHW RGB in [0,1]; outputs ${b.outputs
+          .map((x) => `${x.name} (${x.channels} ch, stride ${x.stride})`)
+          .join(', ')}`,
+      );
+    });
+
+  return program;
+}
+
+async function main(): Promise<void> {
+  try {
+    await buildProgram().parseAsync(process.argv);
+  } catch (e) {
+    const err = e as Error;
+    process.stderr.write(`ast-agent: ${err.message}\n`);
+    if (process.env.AST_DEBUG) process.stderr.write(`${err.stack}\n`);
+    process.exitCode = 2;
+  }
+}
+
+await main();
