@@ -7,5 +7,6 @@ export default defineConfig({
     hookTimeout: 300_000,
     // ONNX Runtime sessions are heavy; two cores are shared by every worker.
     maxWorkers: 2,
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

@@ -9,6 +9,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger } from './logger.js';
 import { describeBundle } from './describe-bundle.js';
 import { scoreCommand } from './score-command.js';
+import { demoCommand } from './demo-command.js';
 import { packBundle, readBundle } from '../bundle/bundle-store.js';
 import { importReference } from '../bundle/import-reference.js';
 import { ModeSchema, PresetNameSchema } from '../config/model-schema.js';
@@ -55,6 +56,13 @@ export function buildProgram(): Command {
     .description('Edge inspection with the AST anomaly detector on ONNX Runtime')
     .version(VERSION)
     .showHelpAfterError();
+
+  program
+    .command('demo')
+    .description('run the detector end to end on real texture images (no camera, broker or GPU needed)')
+    .action(async () => {
+      await demoCommand(VERSION, logger);
+    });
 
   program
     .command('score')
