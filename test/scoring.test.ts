@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Graph } from '../src/onnx/graph.js';
 import { f32 } from '../src/onnx/tensor.js';
 import { buildAnomalyMap, buildImageScores, buildUpsampledMap, gaussianKernel } from '../src/model/anomaly-map.js';
-import { normalizeScore, rawThresholdFromNormalized, verdictFor } from '../src/model/verdict.js';
+import { judge, normalizeScore, rawThresholdFromNormalized, verdictFor } from '../src/model/verdict.js';
 import { positionalEncoding } from '../src/model/positional-encoding.js';
 import { runGraph } from './helpers/run-graph.js';
 
@@ -94,5 +94,11 @@ describe('normalised score and verdict', () => {
     const raw = rawThresholdFromNormalized(0.8, cal);
     expect(normalizeScore(raw, cal)).toBeCloseTo(0.8, 12);
     expect(() => rawThresholdFromNormalized(1, cal)).toThrow(/\(0, 1\)/);
+  });
+  it('judges with the calibrated threshold or a run-time override', () => {
+    expect(judge(2.2, cal)).toMatchObject({ verdict: 'reject', threshold: 2 });
+    const relaxed = judge(2.2, cal, 2.5);
+    expect(relaxed.verdict).toBe('pass');
+    expect(relaxed.normalized).toBeLessThan(0.5);
   });
 });

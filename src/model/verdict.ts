@@ -26,3 +26,20 @@ export function rawThresholdFromNormalized(normalized: number, calibration: Pick
   if (!(normalized > 0 && normalized < 1)) throw new RangeError(`normalised threshold must be in (0, 1), got ${normalized}`);
   return calibration.threshold + calibration.goodStd * Math.log(normalized / (1 - normalized));
 }
+
+export interface Judgement {
+  raw: number;
+  normalized: number;
+  threshold: number;
+  verdict: Verdict;
+}
+
+/** Verdict and normalised score for one raw score; `threshold` overrides the calibrated one (run-time setting). */
+export function judge(raw: number, calibration: Pick<Calibration, 'threshold' | 'goodStd'>, threshold = calibration.threshold): Judgement {
+  return {
+    raw,
+    normalized: normalizeScore(raw, { threshold, goodStd: calibration.goodStd }),
+    threshold,
+    verdict: verdictFor(raw, threshold),
+  };
+}
