@@ -3,11 +3,10 @@ import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { assembleBundle } from '../src/bundle/assemble.js';
 import { readBundle } from '../src/bundle/bundle-store.js';
 import { Detector } from '../src/runtime/detector.js';
 import { depthInputsFor, type RawDepthFrame } from '../src/runtime/depth-inputs.js';
-import { tinyModel, TINY } from './helpers/tiny-bundle.js';
+import { TINY, writeTinyBundle } from './helpers/tiny-bundle.js';
 
 /** A tilted table at ~0.5 m with a box raised 2 cm on it; a few missing pixels. */
 function scene(height: number, width: number, box: { top: number; left: number; size: number }): RawDepthFrame {
@@ -25,20 +24,7 @@ function scene(height: number, width: number, box: { top: number; left: number; 
 describe('depth-only detector', () => {
   it('scores raw depth frames; the map is zero off the part', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ast-depth-'));
-    const { params, teacher, student } = tinyModel('depth', 0);
-    await assembleBundle(dir, {
-      id: 'depth-test',
-      version: '0.0.1',
-      preset: 'custom',
-      params,
-      teacher,
-      student,
-      input: { width: TINY.w * 8, height: TINY.h * 8, mean: [0, 0, 0], std: [1, 1, 1] },
-      backbone: null,
-      featureSize: { height: TINY.h, width: TINY.w },
-      calibration: null,
-      provenance: { source: 'synthetic', tool: 'test', createdAt: new Date().toISOString() },
-    });
+    await writeTinyBundle(dir, 'depth', 'depth-test');
     const bundle = await readBundle(dir);
     expect(bundle.manifest.graphs.detector).toBe('detector.onnx');
     const d = await Detector.load(bundle, 'detector');
@@ -62,13 +48,7 @@ describe('depth-only detector', () => {
 
   it('an empty scene (no part in view) is refused with a clear reason', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ast-depth-'));
-    const { params, teacher, student } = tinyModel('depth', 0);
-    const m = await assembleBundle(dir, {
-      id: 'depth-empty', version: '0.0.1', preset: 'custom', params, teacher, student,
-      input: { width: 48, height: 32, mean: [0, 0, 0], std: [1, 1, 1] }, backbone: null,
-      featureSize: { height: TINY.h, width: TINY.w }, calibration: null,
-      provenance: { source: 'synthetic', tool: 'test', createdAt: new Date().toISOString() },
-    });
+    const m = await writeTinyBundle(dir, 'depth', 'depth-empty');
     const flat = scene(64, 96, { top: 0, left: 0, size: 0 });
     expect(() => depthInputsFor(m, [flat])).toThrow(/foreground/);
     expect(() => depthInputsFor(m, [{ z: new Float32Array(64 * 96), height: 64, width: 96 }])).toThrow(/no valid \(positive, finite\) pixel/);

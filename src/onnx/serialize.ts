@@ -170,8 +170,14 @@ export function decodeTensor(t: DecodedTensor): HostTensor {
       return tensor(dtype, dims, BigInt64Array.from((t.int64_data ?? []).map((x) => BigInt(x))));
     case 'int32':
       return tensor(dtype, dims, Int32Array.from(t.int32_data ?? []));
-    default:
-      return tensor(dtype, dims, Uint8Array.from(t.int32_data ?? []) as never);
+    case 'int8':
+      return tensor(dtype, dims, Int8Array.from(t.int32_data ?? []));
+    case 'float16':
+      // ONNX stores float16 bit patterns in int32_data when raw_data is absent.
+      return tensor(dtype, dims, Uint16Array.from(t.int32_data ?? []));
+    case 'uint8':
+    case 'bool':
+      return tensor(dtype, dims, Uint8Array.from(t.int32_data ?? []));
   }
 }
 

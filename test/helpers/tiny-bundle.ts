@@ -18,10 +18,10 @@ export function tinyModel(mode: Mode = 'rgb', featureChannels = TINY.channels) {
   return { params, teacher, student };
 }
 
-export async function writeTinyBundle(dir: string, mode: Mode = 'rgb') {
-  const { params, teacher, student } = tinyModel(mode);
+export async function writeTinyBundle(dir: string, mode: Mode = 'rgb', id = 'tiny') {
+  const { params, teacher, student } = tinyModel(mode, mode === 'depth' ? 0 : TINY.channels);
   return assembleBundle(dir, {
-    id: 'tiny',
+    id,
     version: '0.1.0',
     preset: 'custom',
     params,
