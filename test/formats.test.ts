@@ -4,7 +4,7 @@ import { decodeSafetensors, encodeSafetensors } from '../src/formats/safetensors
 import { Graph } from '../src/onnx/graph.js';
 import * as op from '../src/onnx/ops.js';
 import { decodeModel, embedModel, encodeModel, modelSignature } from '../src/onnx/serialize.js';
-import { f32, i64 } from '../src/onnx/tensor.js';
+import { f32, i64, type HostTensor } from '../src/onnx/tensor.js';
 import { runGraph } from './helpers/run-graph.js';
 
 describe('.npy', () => {
@@ -26,7 +26,7 @@ describe('.npy', () => {
 
 describe('safetensors', () => {
   it('round-trips float32 and int64 tensors with metadata', () => {
-    const m = new Map([
+    const m = new Map<string, HostTensor>([
       ['a.weight', f32([2, 2], [1, 2, 3, 4])],
       ['perm.0', i64([3], [2, 0, 1])],
     ]);
