@@ -6,6 +6,7 @@
  * builder, and inference graphs are the same model code without that pass.
  */
 import type { DataType, HostTensor } from './tensor.js';
+import { inferShapes } from './shape-inference.js';
 
 export type Dim = number | string;
 
@@ -143,10 +144,11 @@ export class Graph {
       outputs,
       attributes,
     };
+    const shapes = options.shapes ?? (node.domain === '' ? inferShapes(this, opType, inputs, attributes, count) : []);
     for (let i = 0; i < count; i++) {
       const dtype = options.dtypes?.[i] ?? firstInput?.dtype ?? 'float32';
       const outName = count === 1 ? this.fresh(base) : this.fresh(`${base}_${i}`);
-      outputs.push(new Value(outName, dtype, options.shapes?.[i], node));
+      outputs.push(new Value(outName, dtype, shapes[i], node));
     }
     this.nodes.push(node);
     return outputs;
