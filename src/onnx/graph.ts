@@ -134,7 +134,8 @@ export class Graph {
     const count = options.outputs ?? 1;
     const base = options.name ?? opType;
     const nodeName = this.fresh(`${base}_node`);
-    const firstInput = inputs.find((v): v is Value => v !== null);
+    // Where's first input is the boolean condition; its outputs take the type of the values.
+    const firstInput = opType === 'Where' ? (inputs[1] ?? undefined) : inputs.find((v): v is Value => v !== null);
     const outputs: Value[] = [];
     const node: GraphNode = {
       name: nodeName,

@@ -1,0 +1,210 @@
+/**
+ * Fast convolutions for inference on CPU: Winograd minimal filtering F(m×m, r×r) written as plain ONNX
+ * ops (MatMul, Transpose, Reshape), so every execution provider runs it and ONNX Runtime's SGEMM does the work.
+ *
+ * A k×k convolution with stride 1 over an h×w map costs h·w·k² multiplies per (input, output) channel
+ * pair; Winograd F(m, r) computes each m×m output tile from an α×α input tile (α = m + r − 1) with α²
+ * multiplies, i.e. (α/m)² per output instead of r² — F(4, 3): 2.25 instead of 9 (4× fewer).
+ *
+ *   Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A      per tile, summed over input channels
+ *
+ * Layout. The convolution works on "HWNC" tensors [h, w, N, C]: channels innermost (so every reshuffle of
+ * the spatial axes moves whole channel vectors) and the spatial axes outermost (so each spatial transform
+ * is one matrix product over a 2-D view). The steps for an input x [h, w, N, Cin]:
+ *   1. rows:    Th [α·tH, h] · x[h, w·N·Cin]               tile extraction + padding + Bᵀ along h, in one matrix
+ *   2. columns: Tw [α·tW, w] · (…)[α·tH][w, N·Cin]          the same along w
+ *   3. transpose [αh, tH, αw, tW, N·Cin] → [αh, αw, tH·tW·N, Cin]
+ *   4. α² products [tH·tW·N, Cin] × U[αh, αw] [Cin, Cout]   (U = G g Gᵀ: the weights transformed once;
+ *      ONNX Runtime folds that sub-graph at load time, so bundles keep the ordinary weights)
+ *   5. Aᵀ along αh, then along αw (per tile, K = α)
+ *   6. transpose [m, m, tH, tW, N·Cout] → [tH·m, tW·m, N, Cout], crop, + bias
+ * Padding (zero for the student, edge/replicate for the teacher) and odd sizes are folded into Th and
+ * Tw, so no Pad node is needed; tiles that run past the output are computed and cropped.
+ *
+ * Accuracy: the transforms are exact in float64 and their entries are small integers (F(2,3), F(4,3))
+ * or dyadic fractions; float32 evaluation lands within ~1e-6 relative of a direct convolution for
+ * F(4, 3) (see test/fast-conv.test.ts).
+ */
+import { Graph, Value } from '../onnx/graph.js';
+import * as op from '../onnx/ops.js';
+import { f32 } from '../onnx/tensor.js';
+
+export type ConvAlgorithm = 'direct' | 'winograd';
+export type SpatialPadding = 'zero' | 'edge';
+
+/** Winograd F(m, r) in one dimension: y = Aᵀ[(G g) ⊙ (Bᵀ d)] for the correlation y_i = Σ_k d_{i+k} g_k. */
+export interface WinogradMatrices {
+  m: number;
+  r: number;
+  alpha: number;
+  /** The finite interpolation points (the last point is ∞). */
+  points: number[];
+  /** [m][α] */
+  AT: number[][];
+  /** [α][r] */
+  G: number[][];
+  /** [α][α] */
+  BT: number[][];
+}
+
+/** Interpolation points in the usual order: small integers first, then their halves (Lavin & Gray). */
+const POINTS = [0, 1, -1, 2, -2, 0.5, -0.5, 3, -3, 1 / 3, -1 / 3, 4, -4];
+
+/** Coefficients (ascending powers) of Π (x − roots[i]). */
+function polyFromRoots(roots: readonly number[]): number[] {
+  let c = [1];
+  for (const root of roots) {
+    const next = new Array<number>(c.length + 1).fill(0);
+    for (let i = 0; i < c.length; i++) {
+      next[i + 1] += c[i]!;
+      next[i] -= root * c[i]!;
+    }
+    c = next;
+  }
+  return c;
+}
+
+/**
+ * Toom–Cook construction of F(m, r) with α − 1 finite points and the point at infinity.
+ * Polynomial product s = h·g evaluated at the points and interpolated (s = C[(V_m h) ⊙ (V_r g)]);
+ * correlation is its transpose: Aᵀ = V_mᵀ, G = V_r, Bᵀ = Cᵀ, then row j of Bᵀ is multiplied and row j of
+ * G divided by the Lagrange denominator f_j, which leaves Bᵀ (applied to data at run time) with the
+ * integer coefficients of Π_{l≠j}(x − p_l) and moves every fraction into G (applied to weights once).
+ */
+export function winogradMatrices(m: number, r: number): WinogradMatrices {
+  const alpha = m + r - 1;
+  if (m < 1 || r < 1 || alpha - 1 > POINTS.length) throw new Error(`no Winograd transform for F(${m}, ${r})`);
+  const points = POINTS.slice(0, alpha - 1);
+  const AT = Array.from({ length: m }, (_, i) => [...points.map((p) => p ** i), i === m - 1 ? 1 : 0]);
+  const G: number[][] = [];
+  const BT: number[][] = [];
+  points.forEach((p, j) => {
+    const others = points.filter((_, l) => l !== j);
+    const f = others.reduce((acc, q) => acc * (p - q), 1);
+    G.push(Array.from({ length: r }, (_, k) => p ** k / f));
+    BT.push([...polyFromRoots(others), 0]);
+  });
+  G.push(Array.from({ length: r }, (_, k) => (k === r - 1 ? 1 : 0)));
+  BT.push(polyFromRoots(points));
+  return { m, r, alpha, points, AT, G, BT };
+}
+
+/** Default output tile per kernel size: F(4×4, 3×3) (4× fewer multiplies) and F(2×2, 5×5) (2.8×). */
+export function defaultTile(kernel: number): number {
+  return kernel === 3 ? 4 : kernel === 5 ? 2 : kernel === 1 ? 1 : 2;
+}
+
+export interface WinogradConvOptions {
+  /** Input spatial size (static: the transforms are matrices over it). */
+  height: number;
+  width: number;
+  /** Padding on every side; the default keeps the size ((k − 1) / 2). */
+  pad?: number;
+  padding: SpatialPadding;
+  /** Output tile m of F(m×m, k×k) (default: `defaultTile(k)`). */
+  tile?: number;
+  name?: string;
+}
+
+/** Source row of padded position p (or −1 when it reads a zero). */
+function sourceIndex(p: number, size: number, padding: SpatialPadding): number {
+  if (p >= 0 && p < size) return p;
+  return padding === 'edge' ? Math.min(size - 1, Math.max(0, p)) : -1;
+}
+
+/**
+ * Tile extraction, padding and Bᵀ along one axis as one matrix [α·tiles, size]; row a·tiles + t gives
+ * the a-th transformed value of tile t. Tiles past the end read zeros (their outputs are cropped).
+ */
+export function inputAxisMatrix(w: WinogradMatrices, size: number, pad: number, padding: SpatialPadding, tiles: number): Float32Array {
+  const { alpha, m, BT } = w;
+  const out = new Float64Array(alpha * tiles * size);
+  for (let a = 0; a < alpha; a++) {
+    for (let t = 0; t < tiles; t++) {
+      const row = (a * tiles + t) * size;
+      for (let i = 0; i < alpha; i++) {
+        const c = BT[a]![i]!;
+        if (c === 0) continue;
+        const p = t * m + i - pad;
+        // positions beyond the padded input only feed cropped outputs; they read zero
+        if (p >= size + pad) continue;
+        const src = sourceIndex(p, size, padding);
+        if (src >= 0) out[row + src] += c;
+      }
+    }
+  }
+  return Float32Array.from(out);
+}
+
+/** Transposes [rows][cols] number arrays into a flat row-major Float32Array of [cols, rows]. */
+function flat(rows: number[][]): Float32Array {
+  return Float32Array.from(rows.flat());
+}
+
+/** Graph values for the transformed weights U [α², Cin, Cout] = G g Gᵀ (folded to a constant by ORT). */
+export function transformWeights(g: Graph, weight: Value, w: WinogradMatrices, name: string): Value {
+  const { alpha, r } = w;
+  const [cout, cin] = weightDims(weight);
+  const gMat = g.initializer(`${name}_G`, f32([alpha, r], flat(w.G)));
+  const gT = g.initializer(`${name}_GT`, f32([r, alpha], flat(w.G[0]!.map((_, k) => w.G.map((row) => row[k]!)))));
+  // [Cout, Cin, r, r] → G·g → [Cout, Cin, α, r] → ·Gᵀ → [Cout, Cin, α, α]
+  const u = op.matmul(g, op.matmul(g, gMat, weight), gT);
+  // → [α, α, Cin, Cout] → [α², Cin, Cout]
+  return op.reshape(g, op.transpose(g, u, [2, 3, 1, 0]), [alpha * alpha, cin, cout]);
+}
+
+/** [Cout, Cin, k, k] of a weight value (initializers and graph inputs carry static shapes). */
+export function weightDims(weight: Value): [number, number, number, number] {
+  const d = weight.shape;
+  if (!d || d.length !== 4 || d.some((v) => typeof v !== 'number')) throw new Error(`conv weight ${weight.name} needs a static [Cout, Cin, k, k] shape`);
+  return d as [number, number, number, number];
+}
+
+export interface WinogradPlan {
+  w: WinogradMatrices;
+  tilesH: number;
+  tilesW: number;
+  outHeight: number;
+  outWidth: number;
+}
+
+export function planWinograd(kernel: number, o: WinogradConvOptions): WinogradPlan {
+  const m = o.tile ?? defaultTile(kernel);
+  const w = winogradMatrices(m, kernel);
+  const pad = o.pad ?? (kernel - 1) / 2;
+  const outHeight = o.height + 2 * pad - kernel + 1;
+  const outWidth = o.width + 2 * pad - kernel + 1;
+  if (outHeight < 1 || outWidth < 1) throw new Error(`a ${kernel}×${kernel} conv does not fit a ${o.height}×${o.width} map`);
+  return { w, tilesH: Math.ceil(outHeight / m), tilesW: Math.ceil(outWidth / m), outHeight, outWidth };
+}
+
+/**
+ * Winograd convolution (stride 1, no dilation, no groups) on an HWNC tensor x [h, w, N, Cin];
+ * `weight` is [Cout, Cin, k, k] as for ONNX Conv, `bias` [Cout]. Returns [h', w', N, Cout].
+ */
+export function winogradConvHWNC(g: Graph, x: Value, weight: Value, bias: Value | null, o: WinogradConvOptions): Value {
+  const name = o.name ?? 'winograd';
+  const [cout, cin, kernel, kw] = weightDims(weight);
+  if (kernel !== kw) throw new Error(`winograd needs a square kernel, got ${kernel}×${kw}`);
+  const plan = planWinograd(kernel, o);
+  const { w, tilesH, tilesW, outHeight, outWidth } = plan;
+  const { alpha, m } = w;
+  const pad = o.pad ?? (kernel - 1) / 2;
+  const th = g.initializer(`${name}_Th`, f32([alpha * tilesH, o.height], inputAxisMatrix(w, o.height, pad, o.padding, tilesH)));
+  const tw = g.initializer(`${name}_Tw`, f32([alpha * tilesW, o.width], inputAxisMatrix(w, o.width, pad, o.padding, tilesW)));
+  // 1. rows: [αh·tH, w·N·Cin]
+  const rows = op.matmul(g, th, op.reshape(g, x, [o.height, -1]));
+  // 2. columns: [αh·tH, αw·tW, N·Cin]
+  const cols = op.matmul(g, tw, op.reshape(g, rows, [alpha * tilesH, o.width, -1]));
+  // 3. [αh, tH, αw, tW, N·Cin] → [αh, αw, tH, tW, N·Cin] → [α², tiles·N, Cin]
+  const v = op.transpose(g, op.reshape(g, cols, [alpha, tilesH, alpha, tilesW, -1]), [0, 2, 1, 3, 4]);
+  const mm = op.matmul(g, op.reshape(g, v, [alpha * alpha, -1, cin]), transformWeights(g, weight, w, name));
+  // 5. Aᵀ along αh then αw: [α, rest] → [m, rest]; [m, α, rest] → [m, m, rest]
+  const at = g.initializer(`${name}_AT`, f32([m, alpha], flat(w.AT)));
+  const outH = op.matmul(g, at, op.reshape(g, mm, [alpha, -1]));
+  const outW = op.matmul(g, at, op.reshape(g, outH, [m, alpha, -1]));
+  // 6. [m, m, tH, tW, N·Cout] → [tH, m, tW, m, N·Cout] → [tH·m, tW·m, N, Cout]
+  let y = op.reshape(g, op.transpose(g, op.reshape(g, outW, [m, m, tilesH, tilesW, -1]), [2, 0, 3, 1, 4]), [tilesH * m, tilesW * m, -1, cout]);
+  if (tilesH * m !== outHeight || tilesW * m !== outWidth) y = op.slice(g, y, [0, 0], [outHeight, outWidth], [0, 1]);
+  return bias ? op.add(g, y, bias) : y;
+}
