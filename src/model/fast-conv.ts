@@ -71,10 +71,10 @@ function polyFromRoots(roots: readonly number[]): number[] {
  * G divided by the Lagrange denominator f_j, which leaves Bᵀ (applied to data at run time) with the
  * integer coefficients of Π_{l≠j}(x − p_l) and moves every fraction into G (applied to weights once).
  */
-export function winogradMatrices(m: number, r: number): WinogradMatrices {
+export function winogradMatrices(m: number, r: number, pointSet: readonly number[] = POINTS): WinogradMatrices {
   const alpha = m + r - 1;
-  if (m < 1 || r < 1 || alpha - 1 > POINTS.length) throw new Error(`no Winograd transform for F(${m}, ${r})`);
-  const points = POINTS.slice(0, alpha - 1);
+  if (m < 1 || r < 1 || alpha - 1 > pointSet.length) throw new Error(`no Winograd transform for F(${m}, ${r})`);
+  const points = pointSet.slice(0, alpha - 1);
   const AT = Array.from({ length: m }, (_, i) => [...points.map((p) => p ** i), i === m - 1 ? 1 : 0]);
   const G: number[][] = [];
   const BT: number[][] = [];
@@ -103,6 +103,8 @@ export interface WinogradConvOptions {
   padding: SpatialPadding;
   /** Output tile m of F(m×m, k×k) (default: `defaultTile(k)`). */
   tile?: number;
+  /** Finite interpolation points (default: `defaultPoints(tile, k)`). */
+  points?: readonly number[];
   name?: string;
 }
 
@@ -136,7 +138,7 @@ export function inputAxisMatrix(w: WinogradMatrices, size: number, pad: number, 
   return Float32Array.from(out);
 }
 
-/** Transposes [rows][cols] number arrays into a flat row-major Float32Array of [cols, rows]. */
+/** Row-major Float32Array of a [rows][cols] array. */
 function flat(rows: number[][]): Float32Array {
   return Float32Array.from(rows.flat());
 }
@@ -145,12 +147,15 @@ function flat(rows: number[][]): Float32Array {
 export function transformWeights(g: Graph, weight: Value, w: WinogradMatrices, name: string): Value {
   const { alpha, r } = w;
   const [cout, cin] = weightDims(weight);
-  const gMat = g.initializer(`${name}_G`, f32([alpha, r], flat(w.G)));
-  const gT = g.initializer(`${name}_GT`, f32([r, alpha], flat(w.G[0]!.map((_, k) => w.G.map((row) => row[k]!)))));
-  // [Cout, Cin, r, r] → G·g → [Cout, Cin, α, r] → ·Gᵀ → [Cout, Cin, α, α]
-  const u = op.matmul(g, op.matmul(g, gMat, weight), gT);
-  // → [α, α, Cin, Cout] → [α², Cin, Cout]
-  return op.reshape(g, op.transpose(g, u, [2, 3, 1, 0]), [alpha * alpha, cin, cout]);
+  // U[(a, b)] = Σ_{k,l} G[a][k]·G[b][l]·g[k][l]: one product with the Kronecker matrix G ⊗ G [α², r²] over
+  // the taps-first weights [r², Cin·Cout] (one transpose of the original weights, one 2-D product).
+  const kron = new Float32Array(alpha * alpha * r * r);
+  for (let a = 0; a < alpha; a++)
+    for (let b = 0; b < alpha; b++)
+      for (let k = 0; k < r; k++) for (let l = 0; l < r; l++) kron[(a * alpha + b) * r * r + k * r + l] = w.G[a]![k]! * w.G[b]![l]!;
+  const taps = op.reshape(g, op.transpose(g, weight, [2, 3, 1, 0]), [r * r, cin * cout]);
+  const u = op.matmul(g, g.initializer(`${name}_GxG`, f32([alpha * alpha, r * r], kron)), taps);
+  return op.reshape(g, u, [alpha * alpha, cin, cout]);
 }
 
 /** [Cout, Cin, k, k] of a weight value (initializers and graph inputs carry static shapes). */
@@ -170,7 +175,7 @@ export interface WinogradPlan {
 
 export function planWinograd(kernel: number, o: WinogradConvOptions): WinogradPlan {
   const m = o.tile ?? defaultTile(kernel);
-  const w = winogradMatrices(m, kernel);
+  const w = winogradMatrices(m, kernel, o.points);
   const pad = o.pad ?? (kernel - 1) / 2;
   const outHeight = o.height + 2 * pad - kernel + 1;
   const outWidth = o.width + 2 * pad - kernel + 1;
