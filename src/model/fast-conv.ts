@@ -27,10 +27,24 @@
  */
 import { Graph, Value } from '../onnx/graph.js';
 import * as op from '../onnx/ops.js';
-import { f32 } from '../onnx/tensor.js';
+import { f32, type HostTensor } from '../onnx/tensor.js';
 
 export type ConvAlgorithm = 'direct' | 'winograd';
 export type SpatialPadding = 'zero' | 'edge';
+
+let processDefault: ConvAlgorithm | 'auto' = 'auto';
+
+/**
+ * The algorithm builders use when their caller passes none (`auto` unless changed): lets a benchmark
+ * or an A/B check build the unchanged graph builders (head, fused detector) both ways.
+ */
+export function setDefaultConvAlgorithm(a: ConvAlgorithm | 'auto'): void {
+  processDefault = a;
+}
+
+export function defaultConvAlgorithm(): ConvAlgorithm | 'auto' {
+  return processDefault;
+}
 
 /** Winograd F(m, r) in one dimension: y = Aᵀ[(G g) ⊙ (Bᵀ d)] for the correlation y_i = Σ_k d_{i+k} g_k. */
 export interface WinogradMatrices {
@@ -49,6 +63,15 @@ export interface WinogradMatrices {
 
 /** Interpolation points in the usual order: small integers first, then their halves (Lavin & Gray). */
 const POINTS = [0, 1, -1, 2, -2, 0.5, -0.5, 3, -3, 1 / 3, -1 / 3, 4, -4];
+
+/**
+ * Points per α. For α = 6 (F(4, 3), F(2, 5)), {0, ±3/4, ±3/2} measured 3–4× more accurate in float32 than
+ * the usual {0, ±1, ±2} (max error ≈ 2.5e-6 instead of ≈ 1e-5 of the output range over 1024 channels);
+ * every entry of Bᵀ and Aᵀ stays a short dyadic fraction, exact in float32.
+ */
+export function defaultPoints(alpha: number): readonly number[] {
+  return alpha === 6 ? [0, 0.75, -0.75, 1.5, -1.5] : POINTS;
+}
 
 /** Coefficients (ascending powers) of Π (x − roots[i]). */
 function polyFromRoots(roots: readonly number[]): number[] {
@@ -71,8 +94,9 @@ function polyFromRoots(roots: readonly number[]): number[] {
  * G divided by the Lagrange denominator f_j, which leaves Bᵀ (applied to data at run time) with the
  * integer coefficients of Π_{l≠j}(x − p_l) and moves every fraction into G (applied to weights once).
  */
-export function winogradMatrices(m: number, r: number, pointSet: readonly number[] = POINTS): WinogradMatrices {
+export function winogradMatrices(m: number, r: number, pointSet?: readonly number[]): WinogradMatrices {
   const alpha = m + r - 1;
+  pointSet ??= defaultPoints(alpha);
   if (m < 1 || r < 1 || alpha - 1 > pointSet.length) throw new Error(`no Winograd transform for F(${m}, ${r})`);
   const points = pointSet.slice(0, alpha - 1);
   const AT = Array.from({ length: m }, (_, i) => [...points.map((p) => p ** i), i === m - 1 ? 1 : 0]);
@@ -103,7 +127,7 @@ export interface WinogradConvOptions {
   padding: SpatialPadding;
   /** Output tile m of F(m×m, k×k) (default: `defaultTile(k)`). */
   tile?: number;
-  /** Finite interpolation points (default: `defaultPoints(tile, k)`). */
+  /** Finite interpolation points (default: `defaultPoints(α)`). */
   points?: readonly number[];
   name?: string;
 }
@@ -143,25 +167,40 @@ function flat(rows: number[][]): Float32Array {
   return Float32Array.from(rows.flat());
 }
 
-/** Graph values for the transformed weights U [α², Cin, Cout] = G g Gᵀ (folded to a constant by ORT). */
-export function transformWeights(g: Graph, weight: Value, w: WinogradMatrices, name: string): Value {
+/**
+ * Graph values for the transformed weights U [α², Cin, Cout] = G g Gᵀ. Weights given as a host tensor are
+ * stored taps-first ([k², Cin·Cout], a pure permutation of the original values) and the product with
+ * G ⊗ G is left in the graph, where ONNX Runtime folds it to a constant at load time: the model file stays
+ * the size of the ordinary weights (Winograd weights are (α/k)² times larger: 4× for F(4, 3)).
+ * Weights given as graph values (training graphs) are transposed in the graph.
+ */
+export function transformWeights(g: Graph, weight: Value | HostTensor<'float32'>, w: WinogradMatrices, name: string): Value {
   const { alpha, r } = w;
   const [cout, cin] = weightDims(weight);
-  // U[(a, b)] = Σ_{k,l} G[a][k]·G[b][l]·g[k][l]: one product with the Kronecker matrix G ⊗ G [α², r²] over
-  // the taps-first weights [r², Cin·Cout] (one transpose of the original weights, one 2-D product).
+  // U[(a, b)] = Σ_{k,l} G[a][k]·G[b][l]·g[k][l]: the Kronecker matrix G ⊗ G [α², r²] times [r², Cin·Cout]
   const kron = new Float32Array(alpha * alpha * r * r);
   for (let a = 0; a < alpha; a++)
     for (let b = 0; b < alpha; b++)
       for (let k = 0; k < r; k++) for (let l = 0; l < r; l++) kron[(a * alpha + b) * r * r + k * r + l] = w.G[a]![k]! * w.G[b]![l]!;
-  const taps = op.reshape(g, op.transpose(g, weight, [2, 3, 1, 0]), [r * r, cin * cout]);
+  let taps: Value;
+  if (weight instanceof Value) {
+    taps = op.reshape(g, op.transpose(g, weight, [2, 3, 1, 0]), [r * r, cin * cout]);
+  } else {
+    const src = weight.data;
+    const dst = new Float32Array(src.length);
+    const rr = r * r;
+    for (let o = 0; o < cout; o++)
+      for (let i = 0; i < cin; i++) for (let t = 0; t < rr; t++) dst[t * cin * cout + i * cout + o] = src[(o * cin + i) * rr + t]!;
+    taps = g.initializer(`${name}_taps`, f32([rr, cin * cout], dst));
+  }
   const u = op.matmul(g, g.initializer(`${name}_GxG`, f32([alpha * alpha, r * r], kron)), taps);
   return op.reshape(g, u, [alpha * alpha, cin, cout]);
 }
 
 /** [Cout, Cin, k, k] of a weight value (initializers and graph inputs carry static shapes). */
-export function weightDims(weight: Value): [number, number, number, number] {
-  const d = weight.shape;
-  if (!d || d.length !== 4 || d.some((v) => typeof v !== 'number')) throw new Error(`conv weight ${weight.name} needs a static [Cout, Cin, k, k] shape`);
+export function weightDims(weight: Value | HostTensor): [number, number, number, number] {
+  const d = weight instanceof Value ? weight.shape : weight.dims;
+  if (!d || d.length !== 4 || d.some((v) => typeof v !== 'number')) throw new Error('a conv weight needs a static [Cout, Cin, k, k] shape');
   return d as [number, number, number, number];
 }
 
@@ -187,7 +226,13 @@ export function planWinograd(kernel: number, o: WinogradConvOptions): WinogradPl
  * Winograd convolution (stride 1, no dilation, no groups) on an HWNC tensor x [h, w, N, Cin];
  * `weight` is [Cout, Cin, k, k] as for ONNX Conv, `bias` [Cout]. Returns [h', w', N, Cout].
  */
-export function winogradConvHWNC(g: Graph, x: Value, weight: Value, bias: Value | null, o: WinogradConvOptions): Value {
+export function winogradConvHWNC(
+  g: Graph,
+  x: Value,
+  weight: Value | HostTensor<'float32'>,
+  bias: Value | null,
+  o: WinogradConvOptions,
+): Value {
   const name = o.name ?? 'winograd';
   const [cout, cin, kernel, kw] = weightDims(weight);
   if (kernel !== kw) throw new Error(`winograd needs a square kernel, got ${kernel}×${kw}`);
@@ -212,4 +257,141 @@ export function winogradConvHWNC(g: Graph, x: Value, weight: Value, bias: Value 
   let y = op.reshape(g, op.transpose(g, op.reshape(g, outW, [m, m, tilesH, tilesW, -1]), [2, 0, 3, 1, 4]), [tilesH * m, tilesW * m, -1, cout]);
   if (tilesH * m !== outHeight || tilesW * m !== outWidth) y = op.slice(g, y, [0, 0], [outHeight, outWidth], [0, 1]);
   return bias ? op.add(g, y, bias) : y;
+}
+
+/** NCHW [N, C, h, w] ↔ HWNC [h, w, N, C] (the same permutation both ways). */
+export const toHWNC = (g: Graph, x: Value): Value => op.transpose(g, x, [2, 3, 0, 1]);
+export const fromHWNC = (g: Graph, x: Value): Value => op.transpose(g, x, [2, 3, 0, 1]);
+
+/** Winograd convolution on NCHW tensors (a drop-in for Conv with same-size padding, e.g. for tests). */
+export function winogradConv2d(
+  g: Graph,
+  x: Value,
+  weight: Value | HostTensor<'float32'>,
+  bias: Value | null,
+  o: WinogradConvOptions,
+): Value {
+  return fromHWNC(g, winogradConvHWNC(g, toHWNC(g, x), weight, bias, o));
+}
+
+/** Ops that keep the last two (spatial) axes of an NCHW tensor as they are. */
+const SPATIAL_PRESERVING = new Set(['Concat', 'Expand', 'Identity', 'Add', 'Sub', 'Mul', 'Div', 'Relu', 'LeakyRelu', 'Clip', 'Gather', 'Split', 'Exp', 'Atan', 'Cast']);
+
+/**
+ * The static spatial size [h, w] of an NCHW value, found by walking up through ops that keep it
+ * (concat, broadcast, element-wise) to a graph input or initializer with a static shape — e.g. the
+ * positional encoding the head expands over the batch. Undefined when nothing says.
+ */
+export function inferSpatialSize(g: Graph, v: Value, depth = 0): { height: number; width: number } | undefined {
+  const fromShape = (s: readonly (number | string)[] | undefined) =>
+    s && s.length === 4 && typeof s[2] === 'number' && typeof s[3] === 'number' ? { height: s[2], width: s[3] } : undefined;
+  const direct = fromShape(v.shape) ?? fromShape(g.initializerOf(v)?.dims);
+  if (direct || depth > 16 || !v.producer || !SPATIAL_PRESERVING.has(v.producer.opType)) return direct;
+  for (const input of v.producer.inputs) {
+    if (!input) continue;
+    if (v.producer.opType === 'Expand' && input !== v.producer.inputs[0]) continue;
+    const found = inferSpatialSize(g, input, depth + 1);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/**
+ * A direct convolution on HWNC tensors (ONNX Conv between two transposes), for convs where Winograd
+ * does not pay off inside an otherwise channels-last chain.
+ */
+export function directConvHWNC(g: Graph, x: Value, weight: Value, bias: Value | null, padding: SpatialPadding, pad: number): Value {
+  const nchw = fromHWNC(g, x);
+  const y =
+    padding === 'zero'
+      ? op.conv(g, nchw, weight, null, { pads: [pad, pad, pad, pad] })
+      : op.conv(g, op.padSpatial(g, nchw, pad, 'edge'), weight, null);
+  const out = toHWNC(g, y);
+  return bias ? op.add(g, out, bias) : out;
+}
+
+/** The conv choice for one layer, when a builder is asked for `auto` or given a per-conv rule. */
+export interface ConvSite {
+  /** Weight key (e.g. `res.0.l1_bn1`, `module_list.3.s2.conv1`). */
+  key: string;
+  cin: number;
+  cout: number;
+  kernel: number;
+}
+
+export type ConvAlgorithmOption = ConvAlgorithm | 'auto' | ((site: ConvSite) => ConvAlgorithm);
+
+/**
+ * `auto`: Winograd for 3×3 and 5×5 convs whose channel product is large enough for the GEMMs to
+ * dominate the transforms (measured on a 2-core AVX2 CPU, bench/detector.bench.ts), direct otherwise.
+ */
+export function autoConvAlgorithm(site: ConvSite): ConvAlgorithm {
+  if (site.kernel !== 3 && site.kernel !== 5) return 'direct';
+  return site.cin * site.cout >= 32 * 32 && Math.min(site.cin, site.cout) >= 16 ? 'winograd' : 'direct';
+}
+
+export function resolveConvAlgorithm(option: ConvAlgorithmOption, site: ConvSite): ConvAlgorithm {
+  if (typeof option === 'function') return option(site);
+  return option === 'auto' ? autoConvAlgorithm(site) : option;
+}
+
+/**
+ * The constant [D, h, w] behind a value that is an initializer [1, D, h, w] or such an initializer
+ * expanded over the batch (how the head feeds the positional encoding); undefined otherwise.
+ */
+export function constantMap(g: Graph, v: Value): HostTensor<'float32'> | undefined {
+  const direct = g.initializerOf(v);
+  const source = direct ?? (v.producer?.opType === 'Expand' && v.producer.inputs[0] ? g.initializerOf(v.producer.inputs[0]) : undefined);
+  if (!source || source.dtype !== 'float32' || source.dims.length !== 4 || source.dims[0] !== 1) return undefined;
+  return { dtype: 'float32', dims: source.dims.slice(1), data: source.data as Float32Array };
+}
+
+/**
+ * conv(P, w) + b for a constant map P [D, h, w] (float64 accumulation), as an HWNC tensor [h, w, 1, Cout]:
+ * the share of a convolution that a constant input contributes, computed once at build time.
+ * `weight` is [Cout, Cin, k, k]; the constant fills input channels [channelOffset, channelOffset + D).
+ */
+export function constantConvMap(
+  map: HostTensor<'float32'>,
+  weight: HostTensor<'float32'>,
+  bias: HostTensor<'float32'>,
+  channelOffset: number,
+  padding: SpatialPadding,
+  pad: number,
+): HostTensor<'float32'> {
+  const [d, h, w] = map.dims as [number, number, number];
+  const [cout, cin, k] = weight.dims as [number, number, number, number];
+  const outH = h + 2 * pad - k + 1;
+  const outW = w + 2 * pad - k + 1;
+  const out = new Float64Array(outH * outW * cout);
+  for (let o = 0; o < cout; o++) {
+    for (let c = 0; c < d; c++) {
+      for (let ky = 0; ky < k; ky++) {
+        for (let kx = 0; kx < k; kx++) {
+          const wv = weight.data[((o * cin + channelOffset + c) * k + ky) * k + kx]!;
+          if (wv === 0) continue;
+          for (let y = 0; y < outH; y++) {
+            const sy = sourceIndex(y + ky - pad, h, padding);
+            if (sy < 0) continue;
+            for (let x = 0; x < outW; x++) {
+              const sx = sourceIndex(x + kx - pad, w, padding);
+              if (sx < 0) continue;
+              out[(y * outW + x) * cout + o] += wv * map.data[(c * h + sy) * w + sx]!;
+            }
+          }
+        }
+      }
+    }
+  }
+  for (let i = 0; i < out.length; i++) out[i] += bias.data[i % cout]!;
+  return f32([outH, outW, 1, cout], out);
+}
+
+/** Input channels [from, to) of a conv weight [Cout, Cin, k, k], on the host. */
+export function sliceInputChannels(weight: HostTensor<'float32'>, from: number, to: number): HostTensor<'float32'> {
+  const [cout, cin, k] = weight.dims as [number, number, number, number];
+  const kk = k * k;
+  const out = new Float32Array(cout * (to - from) * kk);
+  for (let o = 0; o < cout; o++) out.set(weight.data.subarray((o * cin + from) * kk, (o * cin + to) * kk), o * (to - from) * kk);
+  return f32([cout, to - from, k, k], out);
 }

@@ -11,6 +11,19 @@ import { Graph, Value } from '../onnx/graph.js';
 import * as op from '../onnx/ops.js';
 import { i64, type HostTensor } from '../onnx/tensor.js';
 import { scaleConv, type ConvWeights, type SubnetWeights, type TeacherWeights } from './weights.js';
+import {
+  constantConvMap,
+  constantMap,
+  defaultConvAlgorithm,
+  directConvHWNC,
+  fromHWNC,
+  inferSpatialSize,
+  resolveConvAlgorithm,
+  sliceInputChannels,
+  toHWNC,
+  winogradConvHWNC,
+  type ConvAlgorithmOption,
+} from './fast-conv.js';
 
 /** The factor the reference multiplies atan by (≈ 2/π, kept as written for numerical parity). */
 export const SOFT_CLAMP_FACTOR = 0.636;
@@ -41,7 +54,21 @@ export interface TeacherBuildOptions {
   /** Fold γ into the second conv of each subnet (inference). */
   foldGamma?: boolean;
   weightSource?: WeightSource;
+  /**
+   * How the subnets' convolutions are computed: `direct` (Pad + ONNX Conv), `winograd` (src/model/fast-conv.ts:
+   * F(4×4, 3×3) / F(2×2, 5×5) as MatMuls with the edge padding folded in), `auto` (Winograd for convs wide
+   * enough to gain, when the weights are baked in and the map size is known), or a per-conv rule.
+   * Unset: `defaultConvAlgorithm()` (normally `auto`). Training graphs (`weightSource`) resolve `auto` to direct.
+   */
+  convAlgorithm?: ConvAlgorithmOption;
+  /** Feature-map size; inferred from the graph when omitted (needed by Winograd). */
+  spatialSize?: { height: number; width: number };
+  /** Winograd output tile for 3×3 subnets (default 4) and for 5×5 subnets (default 2). */
+  winogradTile?: { k3?: number; k5?: number };
 }
+
+/** A coupling subnet: its input half [N, len, h, w] (the condition is appended inside) → [N, 2·len', h, w]. */
+type SubnetFn = (half: Value, w: SubnetWeights, prefix: string) => Value;
 
 function subnet(g: Graph, input: Value, w: SubnetWeights, prefix: string, o: TeacherBuildOptions): Value {
   const src = o.weightSource ?? asInitializers(g);
@@ -70,10 +97,79 @@ export interface TeacherOutputs {
   logDet?: Value;
 }
 
+/**
+ * Chooses how each subnet is built. Direct: the original Pad + Conv subnet on [half, P]. Winograd (per
+ * conv): the subnet runs on HWNC tensors between one transpose in and one out; when P is a constant of the
+ * graph (the head's expanded positional encoding) and the weights are baked in, conv1's share of P is
+ * computed at build time and added as a map instead of concatenating P to every subnet input.
+ */
+function subnetBuilder(g: Graph, x: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): SubnetFn {
+  const option = o.convAlgorithm ?? defaultConvAlgorithm();
+  const direct: SubnetFn = (half, w, prefix) => subnet(g, op.concat(g, [half, pos], 1), w, prefix, o);
+  if (option === 'direct' || weights.blocks.length === 0) return direct;
+  const custom = o.weightSource !== undefined;
+  const first = weights.blocks[0]!.s1;
+  const hidden = first.conv1.weight.dims[0]!;
+  const channels = weights.blocks[0]!.permutation.length;
+  const cond = first.conv1.weight.dims[1]! - splitSizes(channels)[0];
+  const choose = (name: string, cin: number, cout: number, kernel: number) =>
+    option === 'auto' && custom ? 'direct' : resolveConvAlgorithm(option, { key: name, cin, cout, kernel });
+  const anyFast = weights.blocks.some((b) => {
+    const k = b.s1.conv1.weight.dims[2]!;
+    return choose('conv1', channels / 2 + cond, hidden, k) === 'winograd' || choose('conv2', hidden, channels, k) === 'winograd';
+  });
+  if (!anyFast) return direct;
+  const size = o.spatialSize ?? inferSpatialSize(g, x) ?? inferSpatialSize(g, pos);
+  if (!size) {
+    if (option === 'auto') return direct;
+    throw new Error('winograd convolution needs the feature-map size (spatialSize)');
+  }
+  const posConst = custom ? undefined : constantMap(g, pos);
+  const usePosMap = posConst !== undefined && posConst.dims[1] === size.height && posConst.dims[2] === size.width;
+  let posHWNC: Value | undefined;
+  const tile = (k: number) => (k === 3 ? o.winogradTile?.k3 : k === 5 ? o.winogradTile?.k5 : undefined);
+  const src = o.weightSource ?? asInitializers(g);
+
+  return (half, w, prefix) => {
+    const k = w.conv1.weight.dims[2]!;
+    const pad = (k - 1) / 2;
+    const halfChannels = w.conv1.weight.dims[1]! - cond;
+    const conv = (input: Value, weight: Value | HostTensor<'float32'>, bias: Value, cin: number, cout: number, key: string) => {
+      if (choose(key, cin, cout, k) === 'direct') {
+        const wv = weight instanceof Value ? weight : g.initializer(`${prefix}.${key}.weight`.replace(/\./g, '_'), weight);
+        return directConvHWNC(g, input, wv, bias, 'edge', pad);
+      }
+      const t = tile(k);
+      return winogradConvHWNC(g, input, weight, bias, { ...size, padding: 'edge', ...(t ? { tile: t } : {}), name: `${prefix}.${key}`.replace(/\./g, '_') });
+    };
+    let hid: Value;
+    if (usePosMap) {
+      // conv1([half, P]) = conv1_half(half) + (conv1_P(P) + b1): the second term is a constant map
+      const map = constantConvMap(posConst, w.conv1.weight, w.conv1.bias, halfChannels, 'edge', pad);
+      const bias = g.initializer(`${prefix}.conv1.pos_bias`.replace(/\./g, '_'), map);
+      hid = conv(toHWNC(g, half), sliceInputChannels(w.conv1.weight, 0, halfChannels), bias, halfChannels, hidden, 'conv1');
+    } else {
+      posHWNC ??= toHWNC(g, pos);
+      const input = op.concat(g, [toHWNC(g, half), posHWNC], 3);
+      const weight = custom ? src(`${prefix}.conv1.weight`, w.conv1.weight) : w.conv1.weight;
+      hid = conv(input, weight, src(`${prefix}.conv1.bias`, w.conv1.bias), halfChannels + cond, hidden, 'conv1');
+    }
+    hid = op.relu(g, hid);
+    const fold = o.foldGamma ?? true;
+    const c2 = fold ? scaleConv(w.conv2, w.gamma) : w.conv2;
+    const cout = c2.weight.dims[0]!;
+    let out = conv(hid, custom ? src(`${prefix}.conv2.weight`, c2.weight) : c2.weight, src(`${prefix}.conv2.bias`, c2.bias), hidden, cout, 'conv2');
+    out = fromHWNC(g, out);
+    if (fold) return out;
+    return op.mul(g, out, src(`${prefix}.gamma`, { dtype: 'float32', dims: [1], data: Float32Array.of(w.gamma) }));
+  };
+}
+
 /** Forward pass x → z. `x` is [N, C, h, w]; `pos` is the positional encoding broadcast to [N, D, h, w]. */
 export function buildTeacherForward(g: Graph, x: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): TeacherOutputs {
   let h = x;
   let logDet: Value | undefined;
+  const runSubnet = subnetBuilder(g, x, pos, weights, o);
   weights.blocks.forEach((block, i) => {
     const n = 3 + 2 * i; // reference key numbering
     const channels = block.permutation.length;
@@ -81,12 +177,12 @@ export function buildTeacherForward(g: Graph, x: Value, pos: Value, weights: Tea
     h = op.gather(g, h, g.initializer(`perm_${i}`, i64([channels], block.permutation)), 1, `permute_${i}`);
     const [x1, x2] = op.split(g, h, 1, [len1, len2]) as [Value, Value];
 
-    const r2 = subnet(g, op.concat(g, [x2, pos], 1), block.s2, `module_list.${n}.s2`, o);
+    const r2 = runSubnet(x2, block.s2, `module_list.${n}.s2`);
     const [a2raw, t2] = op.split(g, r2, 1, [len1, len1]) as [Value, Value];
     const a2 = softClamp(g, a2raw, o.clamp);
     const y1 = op.add(g, op.mul(g, op.exp(g, a2), x1), t2);
 
-    const r1 = subnet(g, op.concat(g, [y1, pos], 1), block.s1, `module_list.${n}.s1`, o);
+    const r1 = runSubnet(y1, block.s1, `module_list.${n}.s1`);
     const [a1raw, t1] = op.split(g, r1, 1, [len2, len2]) as [Value, Value];
     const a1 = softClamp(g, a1raw, o.clamp);
     const y2 = op.add(g, op.mul(g, op.exp(g, a1), x2), t1);
@@ -110,17 +206,18 @@ function inversePermutation(p: readonly number[]): number[] {
 /** Inverse pass z → x: undoes the blocks in reverse order (used to check the flow and to sample). */
 export function buildTeacherInverse(g: Graph, z: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): Value {
   let h = z;
+  const runSubnet = subnetBuilder(g, z, pos, weights, o);
   for (let i = weights.blocks.length - 1; i >= 0; i--) {
     const block = weights.blocks[i]!;
     const n = 3 + 2 * i;
     const [len1, len2] = splitSizes(block.permutation.length);
     const [y1, y2] = op.split(g, h, 1, [len1, len2]) as [Value, Value];
 
-    const r1 = subnet(g, op.concat(g, [y1, pos], 1), block.s1, `module_list.${n}.s1`, o);
+    const r1 = runSubnet(y1, block.s1, `module_list.${n}.s1`);
     const [a1raw, t1] = op.split(g, r1, 1, [len2, len2]) as [Value, Value];
     const x2 = op.mul(g, op.sub(g, y2, t1), op.exp(g, op.mul(g, softClamp(g, a1raw, o.clamp), op.scalar(g, -1))));
 
-    const r2 = subnet(g, op.concat(g, [x2, pos], 1), block.s2, `module_list.${n}.s2`, o);
+    const r2 = runSubnet(x2, block.s2, `module_list.${n}.s2`);
     const [a2raw, t2] = op.split(g, r2, 1, [len1, len1]) as [Value, Value];
     const x1 = op.mul(g, op.sub(g, y1, t2), op.exp(g, op.mul(g, softClamp(g, a2raw, o.clamp), op.scalar(g, -1))));
 

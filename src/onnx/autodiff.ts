@@ -67,32 +67,61 @@ const where = (g: Graph, cond: Value, a: Value, b: Value) => g.op('Where', [cond
 const greater = (g: Graph, a: Value, b: Value) => g.op('Greater', [a, b], {}, { name: 'greater', dtypes: ['bool'] });
 const less = (g: Graph, a: Value, b: Value) => g.op('Less', [a, b], {}, { name: 'less', dtypes: ['bool'] });
 
-/** dW of a convolution as a convolution: inputs and output gradient swap the roles of batch and channels. */
+/**
+ * dW of a convolution as one GEMM per kernel tap: dW[:, :, i, j] = dY[Cout, N·h·w] · X_pad(shifted by i, j)[N·h·w, Cin].
+ * X is laid out channels-last once, so each shifted view is a contiguous [N·h·w, Cin] matrix and the
+ * reduction over batch and pixels is a large matrix product (a convolution with a batch-sized kernel, the
+ * textbook form, runs several times slower on CPUs).
+ */
 function convWeightGrad(g: Graph, x: Value, dy: Value, w: Value, node: GraphNode): Value {
   const ws = staticShape(w, 'conv weights');
-  const k = ws.slice(2);
+  const [cout, cin, kh, kw] = ws as [number, number, number, number];
   const pads = intsOf(node.attributes.pads) ?? [0, 0, 0, 0];
   const strides = intsOf(node.attributes.strides) ?? [1, 1];
   const dil = intsOf(node.attributes.dilations) ?? [1, 1];
   if (node.attributes.auto_pad?.kind === 'string' && node.attributes.auto_pad.value !== 'NOTSET') {
     throw new GraphError(`gradient of Conv with auto_pad=${node.attributes.auto_pad.value} is not supported; use explicit pads`);
   }
-  const xs = staticShape(x, 'conv input');
-  const dys = staticShape(dy, 'conv output gradient');
-  // Zero-pad X explicitly, then correlate: dW[o,i] = Σ_n X_pad[n,i] ⋆ dY[n,o] (forward stride → dilation here).
-  let xp = x;
+  const [n, , oh, ow] = staticShape(dy, 'conv output gradient') as [number, number, number, number];
+  let xp = op.transpose(g, x, [0, 2, 3, 1]); // [N, H, W, Cin]
   if (pads.some((p) => p !== 0)) {
-    xp = g.op('Pad', [x, op.ints(g, [0, 0, pads[0]!, pads[1]!, 0, 0, pads[2]!, pads[3]!], 'pads')], { mode: attr.string('constant') }, { name: 'pad_dw' });
+    xp = g.op('Pad', [xp, op.ints(g, [0, pads[0]!, pads[1]!, 0, 0, pads[2]!, pads[3]!, 0], 'pads')], { mode: attr.string('constant') }, { name: 'pad_dw' });
   }
-  const xt = op.transpose(g, xp, [1, 0, 2, 3]); // [Cin, N, H, W]
-  const dyt = op.transpose(g, dy, [1, 0, 2, 3]); // [Cout, N, h, w]
-  // Extent covered: (h−1)·s + 1 taps per kernel step; crop any rows the forward pass never reached.
-  const needH = (dys[2]! - 1) * strides[0]! + (k[0]! - 1) * dil[0]! + 1;
-  const needW = (dys[3]! - 1) * strides[1]! + (k[1]! - 1) * dil[1]! + 1;
-  const padded = [xs[2]! + pads[0]! + pads[2]!, xs[3]! + pads[1]! + pads[3]!];
-  const xc = needH < padded[0]! || needW < padded[1]! ? op.slice(g, xt, [0, 0], [needH, needW], [2, 3]) : xt;
-  const dwT = g.op('Conv', [xc, dyt], { strides: attr.ints(dil), dilations: attr.ints(strides) }, { name: 'conv_dw' }); // [Cin, Cout, k, k]
-  return op.transpose(g, dwT, [1, 0, 2, 3]);
+  const dyMat = op.reshape(g, op.transpose(g, dy, [1, 0, 2, 3]), [cout, n * oh * ow]);
+  const taps: Value[] = [];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const y0 = i * dil[0]!;
+      const x0 = j * dil[1]!;
+      const view = g.op(
+        'Slice',
+        [xp, op.ints(g, [y0, x0], 'starts'), op.ints(g, [y0 + (oh - 1) * strides[0]! + 1, x0 + (ow - 1) * strides[1]! + 1], 'ends'), op.ints(g, [1, 2], 'axes'), op.ints(g, strides, 'steps')],
+        {},
+        { name: 'tap_view' },
+      );
+      const tap = op.matmul(g, dyMat, op.reshape(g, view, [n * oh * ow, cin])); // [Cout, Cin]
+      taps.push(op.unsqueeze(g, tap, [2]));
+    }
+  }
+  const stacked = taps.length === 1 ? taps[0]! : op.concat(g, taps, 2, 'dw_taps');
+  return op.reshape(g, stacked, ws);
+}
+
+/** dX of a stride-1 convolution as a convolution of dY with the flipped, transposed kernel. */
+function convInputGradStride1(g: Graph, dy: Value, w: Value, pads: readonly number[], dil: readonly number[]): Value {
+  const ws = staticShape(w, 'conv weights');
+  const flipped = g.op(
+    'Slice',
+    [op.transpose(g, w, [1, 0, 2, 3]), op.ints(g, [-1, -1], 'starts'), op.ints(g, [-(2 ** 31), -(2 ** 31)], 'ends'), op.ints(g, [2, 3], 'axes'), op.ints(g, [-1, -1], 'steps')],
+    {},
+    { name: 'flip_kernel' },
+  );
+  const reach = [(ws[2]! - 1) * dil[0]!, (ws[3]! - 1) * dil[1]!];
+  return op.conv(g, dy, flipped, null, {
+    pads: [reach[0]! - pads[0]!, reach[1]! - pads[1]!, reach[0]! - pads[2]!, reach[1]! - pads[3]!],
+    dilations: dil,
+    name: 'conv_dx',
+  });
 }
 
 function convGrad(g: Graph, node: GraphNode, dy: Value, wants: readonly boolean[] = [true, true, true]): (Value | null)[] {
@@ -110,9 +139,12 @@ function convGrad(g: Graph, node: GraphNode, dy: Value, wants: readonly boolean[
   const outPad = [0, 1].map(
     (i) => xs[2 + i]! - (strides[i]! * (dys[2 + i]! - 1) + (ws[2 + i]! - 1) * dil[i]! + 1 - pads[i]! - pads[i + 2]!),
   );
+  const stride1 = strides.every((v) => v === 1) && pads.every((p, i) => p <= (ws[2 + (i % 2)]! - 1) * dil[i % 2]!);
   const dx = !wants[0]
     ? null
-    : g.op(
+    : stride1
+      ? convInputGradStride1(g, dy, w, pads, dil)
+      : g.op(
         'ConvTranspose',
         [dy, w],
         {

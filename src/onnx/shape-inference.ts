@@ -145,9 +145,16 @@ export function inferShapes(
       for (let j = 0; j < axes.length; j++) {
         const a = normAxis(axes[j]!, rank);
         const size = x[a];
-        if (typeof size !== 'number' || steps[j] !== 1) return none();
-        const clamp = (v: number) => Math.min(Math.max(v < 0 ? v + size : v, 0), size);
-        out[a] = Math.max(0, clamp(ends[j]!) - clamp(starts[j]!));
+        const step = steps[j]!;
+        if (typeof size !== 'number') return none();
+        if (step > 0) {
+          const clamp = (v: number) => Math.min(Math.max(v < 0 ? v + size : v, 0), size);
+          out[a] = Math.max(0, Math.ceil((clamp(ends[j]!) - clamp(starts[j]!)) / step));
+        } else {
+          // Negative steps walk from start down to (excluding) end; both clamp to [−1, size − 1].
+          const clamp = (v: number) => Math.min(Math.max(v < 0 ? v + size : v, -1), size - 1);
+          out[a] = Math.max(0, Math.ceil((clamp(starts[j]!) - clamp(ends[j]!)) / -step));
+        }
       }
       return [out];
     }

@@ -118,8 +118,8 @@ export function auroc(scores: ArrayLike<number>, labels: ArrayLike<Label>): numb
 
 /**
  * ROC points from ascending-sorted positive and negative scores, walking thresholds from the top.
- * With `maxPoints`, points are dropped while the curve has moved less than 1/maxPoints (in fpr + tpr)
- * since the last kept one; the first and last points are always kept. That bounds a plotted pixel curve
+ * With `maxPoints`, points are dropped while the curve has moved less than 2/maxPoints (in fpr + tpr)
+ * since the last kept one, so at most maxPoints + 2 remain; the first and last points are always kept. That bounds a plotted pixel curve
  * to a few hundred points without visibly changing it (the AUROC itself is never computed from it).
  */
 export function rocOfSorted(pos: Sorted, neg: Sorted, maxPoints = Infinity): RocCurve {
@@ -129,7 +129,8 @@ export function rocOfSorted(pos: Sorted, neg: Sorted, maxPoints = Infinity): Roc
   const fpr = [0];
   const tpr = [0];
   const thresholds = [Infinity];
-  const step = Number.isFinite(maxPoints) ? 1 / Math.max(1, maxPoints) : 0;
+  // The curve's L1 path length is at most 2 (fpr and tpr each rise 0 → 1), so this keeps ≤ maxPoints + 2 points.
+  const step = Number.isFinite(maxPoints) ? 2 / Math.max(1, maxPoints) : 0;
   let i = P - 1; // next positive to include, walking down
   let j = N - 1;
   let tp = 0;
@@ -295,6 +296,18 @@ export class BinnedPixelAuroc {
     this.pos = new Float64Array(bins);
     this.neg = new Float64Array(bins);
     this.scale = bins / (max - min);
+  }
+
+  get pixels(): number {
+    let n = 0;
+    for (let b = 0; b < this.bins; b++) n += this.pos[b]! + this.neg[b]!;
+    return n;
+  }
+
+  get defectPixels(): number {
+    let n = 0;
+    for (let b = 0; b < this.bins; b++) n += this.pos[b]!;
+    return n;
   }
 
   add(map: ArrayLike<number>, mask: ArrayLike<number>): void {
