@@ -15,6 +15,9 @@ import { importReference } from '../bundle/import-reference.js';
 import { ModeSchema, PresetNameSchema } from '../config/model-schema.js';
 import { ProviderSchema, type RuntimeOptions } from '../config/runtime-schema.js';
 import { ensureDefaultBackbone } from '../model/backbone/mobilenet-v2.js';
+import { train } from '../train/trainer.js';
+import { evaluate } from '../train/evaluate.js';
+import { createProgress } from '../train/progress.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 export const VERSION = pkg.version;
@@ -109,6 +112,106 @@ export function buildProgram(): Command {
         toolVersion: VERSION,
       });
       console.log(describeBundle(manifest, resolve(o.out)));
+    });
+
+  program
+    .command('train')
+    .description('train (or fine-tune) a bundle from good images only')
+    .requiredOption('--data <dir>', 'dataset: MVTec AD, MVTec 3D-AD or a folder of good images')
+    .option('--class <name>', 'class folder inside a multi-class dataset')
+    .addOption(new Option('--preset <name>', 'model size').choices(PresetNameSchema.options).default('edge'))
+    .addOption(new Option('--mode <mode>', 'rgb, depth or rgbd').choices(ModeSchema.options).default('rgb'))
+    .requiredOption('--out <dir>', 'bundle folder to write')
+    .option('--from <bundle>', 'fine-tune from this bundle')
+    .addOption(new Option('--finetune <which>', 'with --from: which networks to retrain').choices(['teacher', 'student', 'both']).default('both'))
+    .option('--epochs <n>', 'epochs for teacher and student (default: the preset)', int('--epochs'))
+    .option('--teacher-epochs <n>', 'teacher epochs', int('--teacher-epochs'))
+    .option('--student-epochs <n>', 'student epochs', int('--student-epochs'))
+    .option('--batch-size <n>', 'batch size (default: the preset, 8)', int('--batch-size'))
+    .option('--lr <rate>', 'Adam learning rate (default 2e-4)', parseFloat)
+    .option('--patience <n>', 'early stop after this many epochs without validation improvement', int('--patience'))
+    .option('--validation <fraction>', 'share of good images held out', parseFloat)
+    .option('--backbone <file.onnx>', 'feature extractor (required for --preset paper)')
+    .option('--input-size <n>', 'square input side', int('--input-size'))
+    .option('--teacher-hidden <n>', 'hidden channels of the teacher subnets', int('--teacher-hidden'))
+    .option('--student-width <n>', 'student width', int('--student-width'))
+    .option('--residual-blocks <n>', 'student residual blocks', int('--residual-blocks'))
+    .option('--target-frr <rate>', 'calibrate the threshold for this false-reject rate on held-out good images', parseFloat, 0.01)
+    .option('--calibrate-best-f1', "calibrate for best F1 on the dataset's labelled defective test images")
+    .option('--max-train-images <n>', 'use at most this many training images', int('--max-train-images'))
+    .option('--work-dir <dir>', 'checkpoints and feature cache (default <out>.work)')
+    .option('--checkpoint-every <n>', 'steps between checkpoints', int('--checkpoint-every'), 50)
+    .option('--keep-work', 'keep the work folder after success')
+    .option('--seed <n>', 'random seed', int('--seed'), 1)
+    .option('--id <id>', 'bundle id')
+    .option('--bundle-version <semver>', 'bundle version', '1.0.0')
+    .addOption(providerOption())
+    .addOption(threadsOption())
+    .action(async (o) => {
+      const result = await train(
+        {
+          data: o.data,
+          className: o.class,
+          preset: o.preset,
+          mode: o.mode,
+          out: o.out,
+          from: o.from,
+          finetune: o.finetune,
+          teacherEpochs: o.teacherEpochs ?? o.epochs,
+          studentEpochs: o.studentEpochs ?? o.epochs,
+          batchSize: o.batchSize,
+          lr: o.lr,
+          patience: o.patience,
+          validationFraction: o.validation,
+          backbone: o.backbone,
+          inputSize: o.inputSize,
+          teacherHidden: o.teacherHidden,
+          studentWidth: o.studentWidth,
+          residualBlocks: o.residualBlocks,
+          calibration: o.calibrateBestF1 ? { method: 'best-f1' } : { method: 'false-reject-rate', target: o.targetFrr },
+          maxTrainImages: o.maxTrainImages,
+          workDir: o.workDir,
+          checkpointEvery: o.checkpointEvery,
+          keepWork: o.keepWork,
+          seed: o.seed,
+          id: o.id,
+          version: o.bundleVersion,
+          runtime: runtimeOptions(o),
+          toolVersion: VERSION,
+        },
+        logger,
+        createProgress(logger),
+      );
+      const c = result.manifest.calibration!;
+      console.log(
+        `trained ${result.manifest.id} ${result.manifest.version} in ${result.seconds.toFixed(0)} s on ${result.trainImages} images (${result.validationImages} held out)${result.resumed ? ', resumed from a checkpoint' : ''}`,
+      );
+      console.log(`threshold ${c.threshold.toPrecision(6)} (${c.method}), written to ${resolve(o.out)}`);
+    });
+
+  program
+    .command('eval')
+    .description("evaluate a bundle on a dataset's test split; prints image AUROC and writes a report")
+    .requiredOption('--bundle <dir>', 'bundle folder or .tar')
+    .requiredOption('--data <dir>', 'dataset with a test split')
+    .option('--class <name>', 'class folder inside a multi-class dataset')
+    .requiredOption('--report <dir>', 'report folder to write')
+    .option('--threshold <raw>', "judge with this raw threshold instead of the bundle's", parseFloat)
+    .addOption(providerOption())
+    .addOption(threadsOption())
+    .action(async (o) => {
+      const m = await evaluate(
+        { bundle: o.bundle, data: o.data, className: o.class, report: o.report, runtime: runtimeOptions(o), threshold: o.threshold },
+        logger,
+      );
+      if (m.image.aurocMax !== null) console.log(`image AUROC: ${m.image.aurocMax.toFixed(4)}`);
+      if (m.image.aurocMean !== null) console.log(`image AUROC (mean score): ${m.image.aurocMean.toFixed(4)}`);
+      if (m.pixel) console.log(`pixel AUROC: ${m.pixel.auroc.toFixed(4)}`);
+      const t = m.atThreshold;
+      console.log(
+        `at threshold ${t.threshold.toPrecision(6)}: false-reject rate ${t.falseRejectRate ?? 'n/a'}, escape rate ${t.escapeRate ?? 'n/a'} (${t.tn + t.fp} good, ${t.tp + t.fn} defective)`,
+      );
+      console.log(`report: ${resolve(o.report)}`);
     });
 
   const bundle = program.command('bundle').description('inspect, check and pack model bundles');

@@ -83,9 +83,18 @@ export type ModelParams = z.infer<typeof ModelParamsSchema>;
 export const PresetNameSchema = z.enum(['paper', 'edge']);
 export type PresetName = z.infer<typeof PresetNameSchema>;
 
+export interface TrainingDefaults {
+  teacherEpochs: number;
+  studentEpochs: number;
+  batchSize: number;
+  lr: number;
+  weightDecay: number;
+}
+
 export interface Preset {
   /** Square input side in pixels. */
   inputSize: number;
+  training: TrainingDefaults;
   backbone: { name: string; layers: string[]; channels: number; stride: number };
   teacher: TeacherParams;
   student: StudentParams;
@@ -108,6 +117,7 @@ export const PRESETS: Record<PresetName, Preset> = {
   /** The paper's defaults: EfficientNet-B5 block 35 at 768² → 304 × 24 × 24, student width 1024. */
   paper: {
     inputSize: 768,
+    training: { teacherEpochs: 72, studentEpochs: 72, batchSize: 8, lr: 2e-4, weightDecay: 1e-5 },
     backbone: { name: 'efficientnet-b5', layers: ['block35'], channels: 304, stride: 32 },
     teacher: { blocks: 4, hidden: 64, kernelSizes: [3, 3, 3, 5], clamp: 1.9 },
     student: { width: 1024, residualBlocks: 4, leakySlope: 0.01, bnEps: 1e-5 },
@@ -121,6 +131,7 @@ export const PRESETS: Record<PresetName, Preset> = {
    */
   edge: {
     inputSize: 256,
+    training: { teacherEpochs: 8, studentEpochs: 8, batchSize: 8, lr: 2e-4, weightDecay: 1e-5 },
     backbone: { name: 'mobilenetv2-1.4-nsfwjs', layers: ['expanded_conv_6/expand/Relu6'], channels: 288, stride: 8 },
     teacher: { blocks: 4, hidden: 64, kernelSizes: [3, 3, 3, 5], clamp: 1.9 },
     student: { width: 256, residualBlocks: 2, leakySlope: 0.01, bnEps: 1e-5 },

@@ -37,6 +37,8 @@ export interface HeadSpec {
 }
 
 interface HeadInputs {
+  /** Already-concatenated teacher input [F, unshuffled D] (training-time scoring); replaces features/depth. */
+  teacherInput?: Value;
   features?: Value;
   /** Prepared depth at 8× feature resolution, [N, 1, 8h, 8w]. */
   depth?: Value;
@@ -49,11 +51,12 @@ export function addHead(g: Graph, spec: HeadSpec, inputs: HeadInputs) {
   const { params, featureSize } = spec;
   const { height: h, width: w } = featureSize;
   const parts: Value[] = [];
-  if (params.featureChannels > 0) {
+  if (inputs.teacherInput) parts.push(inputs.teacherInput);
+  else if (params.featureChannels > 0) {
     if (!inputs.features) throw new Error('head needs features');
     parts.push(inputs.features);
   }
-  if (params.depthChannels > 0) {
+  if (params.depthChannels > 0 && !inputs.teacherInput) {
     if (!inputs.depth) throw new Error('head needs depth');
     const unshuffle = params.depth?.unshuffle ?? 8;
     parts.push(op.spaceToDepth(g, inputs.depth, unshuffle));
@@ -100,6 +103,22 @@ export function buildHeadModel(spec: HeadSpec): Uint8Array {
   return encodeModel(g, { docString: 'AST head: teacher flow + student + anomaly map' });
 }
 
+/**
+ * Scoring from the teacher's input as training keeps it (features and unshuffled depth already
+ * concatenated): `x` [N, C+D, h, w] (+ `mask`) → `map` [N, h, w], scores. Same head, same numbers.
+ */
+export function buildScoringModel(spec: HeadSpec): Uint8Array {
+  const g = new Graph('ast_scoring');
+  const { height: h, width: w } = spec.featureSize;
+  const x = g.input('x', 'float32', ['N', spec.params.featureChannels + spec.params.depthChannels, h, w]);
+  const mask = spec.params.depthChannels > 0 ? g.input(IO.mask, 'float32', ['N', 1, h, w]) : undefined;
+  const { map, scores } = addHead(g, spec, { teacherInput: x, ...(mask ? { mask } : {}) });
+  g.output(op.squeeze(g, map, [1]), IO.map);
+  g.output(scores.max, IO.scoreMax);
+  g.output(scores.mean, IO.scoreMean);
+  return encodeModel(g);
+}
+
 export interface DetectorSpec extends HeadSpec {
   input: InputSpec;
   backbone: { spec: BackboneSpec; model: DecodedModel } | null;
@@ -124,6 +143,30 @@ function backboneFeatures(g: Graph, outputs: Value[], featureSize: { height: num
     i === 0 ? v : op.resizeBilinear(g, v, op.concat(g, [batchAndChannels(v), op.ints(g, [featureSize.height, featureSize.width])], 0)),
   );
   return op.concat(g, resized, 1, 'features');
+}
+
+export interface FeatureModelSpec {
+  input: InputSpec;
+  backbone: { spec: BackboneSpec; model: DecodedModel };
+  featureSize: { height: number; width: number };
+}
+
+/**
+ * The detector's front alone: `image` uint8 [N, H, W, 3] → `features` [N, C, h, w]. Training extracts
+ * features with exactly the preprocessing and backbone the fused detector will run.
+ */
+export function buildFeatureModel(spec: FeatureModelSpec): Uint8Array {
+  const opset = Math.max(17, spec.backbone.model.opset_import?.find((o) => !o.domain)?.version ?? 17);
+  const g = new Graph('ast_features', opset);
+  const image = g.input(IO.image, 'uint8', ['N', spec.input.height, spec.input.width, 3]);
+  const embedded = embedModel(g, spec.backbone.model, { [spec.backbone.spec.inputName]: preprocess(g, image, spec.input) }, 'backbone/');
+  const outs = spec.backbone.spec.outputs.map((o) => {
+    const v = embedded.outputs.get(o.name);
+    if (!v) throw new Error(`backbone has no output "${o.name}"`);
+    return v;
+  });
+  g.output(backboneFeatures(g, outs, spec.featureSize), IO.features);
+  return encodeModel(g, { docString: 'AST feature extractor: preprocessing + backbone' });
 }
 
 /** The fused graph: `image` uint8 [N, H, W, 3] (+ depth, mask) → `map`, `map_full`, scores. */

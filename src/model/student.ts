@@ -78,11 +78,12 @@ function buildStudentWinograd(
       name: key.replace(/\./g, '_'),
     });
   };
-  let h = op.leakyRelu(g, conv3(toHWNC(g, input), weights.conv1, 'conv1'), slope);
+  const inChannels = weights.conv1.weight.dims[1]!;
+  let h = op.leakyRelu(g, conv3(toHWNC(g, input, { channels: inChannels, ...size }), weights.conv1, 'conv1'), slope);
   weights.res.forEach((r, i) => {
     const a = op.leakyRelu(g, conv3(h, foldBatchNorm(r.l1, r.bn1, o.params.bnEps), `res.${i}.l1_bn1`), slope);
     const b = op.leakyRelu(g, conv3(a, foldBatchNorm(r.l2, r.bn2, o.params.bnEps), `res.${i}.l2_bn2`), slope);
     h = op.add(g, h, b, `residual_${i}`);
   });
-  return fromHWNC(g, conv3(h, weights.conv2, 'conv2'));
+  return fromHWNC(g, conv3(h, weights.conv2, 'conv2'), { channels: weights.conv2.weight.dims[0]!, ...size });
 }

@@ -137,7 +137,7 @@ function subnetBuilder(g: Graph, x: Value, pos: Value, weights: TeacherWeights, 
     const conv = (input: Value, weight: Value | HostTensor<'float32'>, bias: Value, cin: number, cout: number, key: string) => {
       if (choose(key, cin, cout, k) === 'direct') {
         const wv = weight instanceof Value ? weight : g.initializer(`${prefix}.${key}.weight`.replace(/\./g, '_'), weight);
-        return directConvHWNC(g, input, wv, bias, 'edge', pad);
+        return directConvHWNC(g, input, wv, bias, 'edge', pad, size);
       }
       const t = tile(k);
       return winogradConvHWNC(g, input, weight, bias, { ...size, padding: 'edge', ...(t ? { tile: t } : {}), name: `${prefix}.${key}`.replace(/\./g, '_') });
@@ -147,10 +147,10 @@ function subnetBuilder(g: Graph, x: Value, pos: Value, weights: TeacherWeights, 
       // conv1([half, P]) = conv1_half(half) + (conv1_P(P) + b1): the second term is a constant map
       const map = constantConvMap(posConst, w.conv1.weight, w.conv1.bias, halfChannels, 'edge', pad);
       const bias = g.initializer(`${prefix}.conv1.pos_bias`.replace(/\./g, '_'), map);
-      hid = conv(toHWNC(g, half), sliceInputChannels(w.conv1.weight, 0, halfChannels), bias, halfChannels, hidden, 'conv1');
+      hid = conv(toHWNC(g, half, { channels: halfChannels, ...size }), sliceInputChannels(w.conv1.weight, 0, halfChannels), bias, halfChannels, hidden, 'conv1');
     } else {
-      posHWNC ??= toHWNC(g, pos);
-      const input = op.concat(g, [toHWNC(g, half), posHWNC], 3);
+      posHWNC ??= toHWNC(g, pos, { channels: cond, ...size });
+      const input = op.concat(g, [toHWNC(g, half, { channels: halfChannels, ...size }), posHWNC], 3);
       const weight = custom ? src(`${prefix}.conv1.weight`, w.conv1.weight) : w.conv1.weight;
       hid = conv(input, weight, src(`${prefix}.conv1.bias`, w.conv1.bias), halfChannels + cond, hidden, 'conv1');
     }
@@ -159,7 +159,7 @@ function subnetBuilder(g: Graph, x: Value, pos: Value, weights: TeacherWeights, 
     const c2 = fold ? scaleConv(w.conv2, w.gamma) : w.conv2;
     const cout = c2.weight.dims[0]!;
     let out = conv(hid, custom ? src(`${prefix}.conv2.weight`, c2.weight) : c2.weight, src(`${prefix}.conv2.bias`, c2.bias), hidden, cout, 'conv2');
-    out = fromHWNC(g, out);
+    out = fromHWNC(g, out, { channels: cout, ...size });
     if (fold) return out;
     return op.mul(g, out, src(`${prefix}.gamma`, { dtype: 'float32', dims: [1], data: Float32Array.of(w.gamma) }));
   };

@@ -90,32 +90,63 @@ export async function decodeRgb(path: string, size: Size, opts: { kernel?: Resiz
   }
 }
 
+export type MaskResample = 'nearest' | 'reference';
+
 /**
- * Decodes a ground-truth mask as 0/1, [H, W], resized with nearest neighbour (so no new grey levels and no
- * blurred borders). A pixel is defective when any colour channel is ≥ 128: MVTec masks are 0/255 (exact
- * there), anti-aliased or lossy masks are not inflated, and red-on-black annotation masks also work
- * (their luminance would be only 54).
+ * Decodes a ground-truth mask as 0/1, [H, W].
+ * - `resample: 'nearest'` (default): nearest-neighbour resize (no new grey levels, no blurred border); a
+ *   pixel is defective when any colour channel is ≥ 128. MVTec masks are 0/255 (exact there),
+ *   anti-aliased or lossy masks are not inflated, red-on-black annotation masks also work (their luminance
+ *   would be only 54).
+ * - `resample: 'reference'`: what the authors' evaluation does (utils.py `DefectDataset.transform`):
+ *   F.interpolate bilinear, align_corners=False, no antialias, then `> 0` — a pixel is defective when any
+ *   of the (up to 2×2) source pixels it interpolates from is non-zero. Masks grow by up to a pixel; use it
+ *   to compare pixel AUROC with the paper.
  */
-export async function decodeMask(path: string, size: Size): Promise<Uint8Array> {
+export async function decodeMask(path: string, size: Size, opts: { resample?: MaskResample } = {}): Promise<Uint8Array> {
   checkSize(size, path);
+  const reference = opts.resample === 'reference';
   try {
-    const { data, info } = await sharp(path)
-      .removeAlpha()
-      .toColourspace('srgb')
-      .resize(size.width, size.height, { fit: 'fill', kernel: 'nearest', fastShrinkOnLoad: false })
-      .raw()
-      .toBuffer({ resolveWithObject: true });
+    let img = sharp(path).removeAlpha().toColourspace('srgb');
+    if (!reference) img = img.resize(size.width, size.height, { fit: 'fill', kernel: 'nearest', fastShrinkOnLoad: false });
+    const { data, info } = await img.raw().toBuffer({ resolveWithObject: true });
     const c = info.channels;
-    const out = new Uint8Array(size.width * size.height);
-    for (let i = 0; i < out.length; i++) {
+    const native = new Uint8Array(info.width * info.height);
+    for (let i = 0; i < native.length; i++) {
       let m = 0;
       for (let k = 0; k < c; k++) m = Math.max(m, data[i * c + k]!);
-      out[i] = m >= 128 ? 1 : 0;
+      native[i] = reference ? (m > 0 ? 1 : 0) : m >= 128 ? 1 : 0;
     }
-    return out;
+    return reference ? bilinearAny(native, info.width, info.height, size) : native;
   } catch (e) {
     throw sharpError(path, e);
   }
+}
+
+/** PyTorch's bilinear (align_corners=False, no antialias) followed by `> 0`, on a 0/1 mask. */
+function bilinearAny(src: Uint8Array, w: number, h: number, size: Size): Uint8Array {
+  const taps = (n: number, from: number): [number, number][] => {
+    // For each output index: the source indices with a non-zero bilinear weight (PyTorch's index arithmetic).
+    const scale = from / n;
+    return Array.from({ length: n }, (_, i) => {
+      const x = Math.max(0, (i + 0.5) * scale - 0.5);
+      const x0 = Math.min(Math.floor(x), from - 1);
+      const x1 = Math.min(x0 + 1, from - 1);
+      const frac = x - x0;
+      return frac > 0 ? [x0, x1] : [x0, x0];
+    });
+  };
+  const ys = taps(size.height, h);
+  const xs = taps(size.width, w);
+  const out = new Uint8Array(size.width * size.height);
+  for (let i = 0; i < size.height; i++) {
+    const [y0, y1] = ys[i]!;
+    for (let j = 0; j < size.width; j++) {
+      const [x0, x1] = xs[j]!;
+      out[i * size.width + j] = src[y0 * w + x0]! | src[y0 * w + x1]! | src[y1 * w + x0]! | src[y1 * w + x1]!;
+    }
+  }
+  return out;
 }
 
 /** Copies a raw sharp buffer into a typed array of the given element type (sharp's buffers need not be aligned). */

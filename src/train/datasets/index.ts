@@ -1,7 +1,7 @@
 /** The dataset layer of training mode: discovery, decoding, and the generated real-data datasets. */
 export { DatasetError, type DatasetErrorCode } from './errors.js';
 export { loadDataset, listClasses, requireSplit, IMAGE_EXTENSIONS, DEPTH_EXTENSIONS, type Dataset, type Sample, type Label, type LayoutKind, type LoadDatasetOptions } from './layout.js';
-export { decodeRgb, decodeMask, decodeDepth, probeImage, probeDepth, DEFAULT_RESIZE_KERNEL, DEFAULT_DEPTH_UNIT_METRES, type Size, type ResizeKernel, type DepthMap, type DecodeDepthOptions } from './decode.js';
+export { decodeRgb, decodeMask, decodeDepth, probeImage, probeDepth, DEFAULT_RESIZE_KERNEL, DEFAULT_DEPTH_UNIT_METRES, type Size, type ResizeKernel, type MaskResample, type DepthMap, type DecodeDepthOptions } from './decode.js';
 export { encodeTiff, readTiffInfo, type TiffImage, type TiffInfo } from './tiff.js';
 export {
   FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FASHION_MNIST_LABELS, FASHION_MNIST_DEFAULTS,

@@ -151,12 +151,14 @@ export interface TiffImage {
   photometric?: 'rgb' | 'minisblack';
   /** 'deflate' (Adobe Deflate, 8) exists to test the decoders' compressed path; default 'none'. */
   compression?: 'none' | 'deflate';
+  /** Store each channel as its own plane (PlanarConfiguration 2), one strip per plane. Default false. */
+  planar?: boolean;
 }
 
 /**
- * Encodes a little-endian TIFF with one strip (uncompressed unless asked): float32 or uint16 samples. Used by the tests
- * and the synthetic RGB-D generators; with photometric MinIsBlack and several channels the extra channels
- * are declared as ExtraSamples, as the TIFF spec asks.
+ * Encodes a little-endian TIFF, one strip per plane, uncompressed unless asked: float32 or uint16 samples.
+ * Used by the tests and the synthetic RGB-D generators. With photometric MinIsBlack and several channels
+ * the extra channels are declared as ExtraSamples, as the TIFF spec asks.
  */
 export function encodeTiff(img: TiffImage): Uint8Array {
   const { width: w, height: h, channels: c, data } = img;
@@ -166,19 +168,25 @@ export function encodeTiff(img: TiffImage): Uint8Array {
   const photometric = img.photometric ?? (c === 3 ? 'rgb' : 'minisblack');
   const colourSamples = photometric === 'rgb' ? 3 : 1;
   if (c < colourSamples) throw new Error(`encodeTiff: photometric ${photometric} needs at least ${colourSamples} channels`);
-  const raw = new Uint8Array(w * h * c * bytesPer);
-  const rawView = new DataView(raw.buffer);
-  for (let k = 0; k < data.length; k++) {
-    if (isFloat) rawView.setFloat32(4 * k, data[k]!, true);
-    else rawView.setUint16(2 * k, data[k]!, true);
-  }
+  const planes = img.planar ? c : 1;
+  const perPlane = (w * h * c) / planes;
   const deflate = img.compression === 'deflate';
-  const payload = deflate ? new Uint8Array(deflateSync(raw)) : raw;
-  const dataBytes = payload.length;
-  // [tag, type (3 SHORT, 4 LONG), values]; the strip offset is patched once the layout is known.
+  const strips: Uint8Array[] = [];
+  for (let plane = 0; plane < planes; plane++) {
+    const raw = new Uint8Array(perPlane * bytesPer);
+    const view = new DataView(raw.buffer);
+    for (let k = 0; k < perPlane; k++) {
+      const v = data[planes === 1 ? k : k * c + plane]!;
+      if (isFloat) view.setFloat32(4 * k, v, true);
+      else view.setUint16(2 * k, v, true);
+    }
+    strips.push(deflate ? new Uint8Array(deflateSync(raw)) : raw);
+  }
+  // [tag, type (3 SHORT, 4 LONG), values]; the strip offsets are patched once the layout is known.
   const entries: [number, number, number[]][] = [
     [256, 4, [w]], [257, 4, [h]], [258, 3, Array(c).fill(bytesPer * 8)], [259, 3, [deflate ? 8 : 1]],
-    [262, 3, [photometric === 'rgb' ? 2 : 1]], [273, 4, [0]], [277, 3, [c]], [278, 4, [h]], [279, 4, [dataBytes]], [284, 3, [1]],
+    [262, 3, [photometric === 'rgb' ? 2 : 1]], [273, 4, Array(planes).fill(0)], [277, 3, [c]], [278, 4, [h]],
+    [279, 4, strips.map((st) => st.length)], [284, 3, [planes > 1 ? 2 : 1]],
   ];
   if (c > colourSamples) entries.push([338, 3, Array(c - colourSamples).fill(0)]);
   entries.push([339, 3, Array(c).fill(isFloat ? 3 : 1)]);
@@ -192,14 +200,20 @@ export function encodeTiff(img: TiffImage): Uint8Array {
     return at;
   });
   const dataOffset = cursor + ((4 - (cursor % 4)) % 4); // align the samples (cheap, and friendlier to readers)
-  const out = new Uint8Array(dataOffset + dataBytes);
+  const offsets: number[] = [];
+  let end = dataOffset;
+  for (const st of strips) {
+    offsets.push(end);
+    end += st.length;
+  }
+  const out = new Uint8Array(end);
   const dv = new DataView(out.buffer);
   out[0] = 0x49; out[1] = 0x49;
   dv.setUint16(2, 42, true);
   dv.setUint32(4, ifdOffset, true);
   dv.setUint16(ifdOffset, entries.length, true);
   entries.forEach(([tag, type, v0], i) => {
-    const v = tag === 273 ? [dataOffset] : v0;
+    const v = tag === 273 ? offsets : v0;
     const p = ifdOffset + 2 + i * 12;
     dv.setUint16(p, tag, true);
     dv.setUint16(p + 2, type, true);
@@ -209,6 +223,6 @@ export function encodeTiff(img: TiffImage): Uint8Array {
     v.forEach((x, k) => (type === 3 ? dv.setUint16(at + 2 * k, x, true) : dv.setUint32(at + 4 * k, x, true)));
   });
   dv.setUint32(ifdOffset + 2 + entries.length * 12, 0, true);
-  out.set(payload, dataOffset);
+  strips.forEach((st, i) => out.set(st, offsets[i]!));
   return out;
 }
