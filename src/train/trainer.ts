@@ -96,6 +96,9 @@ export interface TrainResult {
   resumed: boolean;
   trainImages: number;
   validationImages: number;
+  /** Held-out good images as judged at training time (what the bundle must reproduce). */
+  validationScores: { id: string; score: number; verdict: ReturnType<typeof verdictFor> }[];
+  history: CheckpointMeta['history'];
 }
 
 interface ModelSetup {
@@ -501,7 +504,8 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
     const r = await runBatched(scoring, set, () => ({}), ['score_max', 'score_mean']);
     return set.x.map((_, i) => (params.scoring.aggregation === 'max' ? r.score_max![i]![0]! : r.score_mean![i]![0]!));
   };
-  const goodScores = valSet.x.length > 0 ? await scoreOf(valSet) : await scoreOf(trainSet);
+  const calibrationSet = valSet.x.length > 0 ? valSet : trainSet;
+  const goodScores = await scoreOf(calibrationSet);
   let calibration: Calibration;
   const request = o.calibration ?? { method: 'false-reject-rate', target: 0.01 };
   if (request.method === 'best-f1') {
@@ -545,7 +549,7 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
   });
 
   // The written bundle must reproduce the verdicts computed here (same graphs, same threshold).
-  await verifyVerdicts(o.out, valSet.x.length > 0 ? valSet : trainSet, trainingVerdicts, params);
+  await verifyVerdicts(o.out, calibrationSet, trainingVerdicts, params);
   if (!o.keepWork) await rm(workDir, { recursive: true, force: true });
   return {
     manifest,
@@ -555,6 +559,8 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
     resumed: resume !== null,
     trainImages: split.train.length,
     validationImages: split.validation.length,
+    validationScores: calibrationSet.ids.map((id, i) => ({ id, score: goodScores[i]!, verdict: trainingVerdicts[i]! })),
+    history,
   };
 }
 
