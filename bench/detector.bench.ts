@@ -8,8 +8,10 @@
  *   npx tsx bench/detector.bench.ts --threads 2 --spin off --json /tmp/bench.json
  *
  * Models (random weights, γ ≠ 0 so no subnet is trivially zero):
- *   edge-head          edge preset head: C = 288 at 32×32, teacher hidden 64 (k 3,3,3,5), student 256 × 2 blocks, map
- *   edge-detector      the fused edge detector: uint8 256×256 RGB → MobileNetV2 (generated default backbone) → head → maps
+ *   edge-head          the edge preset's head (channels, map size, widths read from src/config/model-schema.ts;
+ *                      at the time of writing C = 184 at 32×32, teacher hidden 64 (k 3,3,3,5), student 256 × 2 blocks) + map
+ *   edge-detector      the fused edge detector: uint8 RGB at the preset's input size → the generated MobileNetV2
+ *                      backbone (ensureDefaultBackbone with the preset's layers) → head → maps and scores
  *   paper-teacher      C = 304 at 24×24, hidden 64, kernels 3,3,3,5 (z only)
  *   paper-student256   C = 304 at 24×24, width 256, 4 residual blocks
  *   paper-student1024  C = 304 at 24×24, width 1024, 4 residual blocks (the paper's student)
@@ -28,7 +30,7 @@ import { Graph, Value } from '../src/onnx/graph.js';
 import * as op from '../src/onnx/ops.js';
 import { decodeModel, encodeModel } from '../src/onnx/serialize.js';
 import { f32 } from '../src/onnx/tensor.js';
-import { modelParamsFor, type ModelParams } from '../src/config/model-schema.js';
+import { modelParamsFor, PRESETS, type ModelParams } from '../src/config/model-schema.js';
 import { RuntimeOptionsSchema } from '../src/config/runtime-schema.js';
 import { sessionOptions } from '../src/runtime/session.js';
 import { initStudent, initTeacher, seededRandom } from '../src/model/init.js';
@@ -37,7 +39,7 @@ import { buildTeacherForward } from '../src/model/teacher-flow.js';
 import { buildStudentInference } from '../src/model/student.js';
 import { buildDetectorModel, buildHeadModel } from '../src/model/detector-graph.js';
 import { ensureDefaultBackbone } from '../src/model/backbone/mobilenet-v2.js';
-import { setDefaultConvAlgorithm, type ConvAlgorithm } from '../src/model/fast-conv.js';
+import { setFastConvDefaults, type ConvAlgorithm } from '../src/model/fast-conv.js';
 import type { StudentWeights, TeacherWeights } from '../src/model/weights.js';
 import { onnxConvFlops, studentFlops, teacherFlops } from './flops.js';
 
@@ -47,7 +49,15 @@ import { onnxConvFlops, studentFlops, teacherFlops } from './flops.js';
 
 const ALL_MODELS = ['edge-head', 'edge-detector', 'paper-teacher', 'paper-student256', 'paper-student1024', 'paper-head'] as const;
 type ModelId = (typeof ALL_MODELS)[number];
-type Algo = ConvAlgorithm | 'auto';
+/** `f6`: the default choices, but F(6×6, 3×3) for the student (faster at batch 8 on 24×24 maps). */
+type Algo = ConvAlgorithm | 'auto' | 'f6';
+const ALGOS: readonly Algo[] = ['direct', 'auto', 'winograd', 'f6'];
+
+function useAlgo(a: Algo | undefined): void {
+  if (a === undefined) setFastConvDefaults({});
+  else if (a === 'f6') setFastConvDefaults({ algorithm: 'auto', studentTile: 6 });
+  else setFastConvDefaults({ algorithm: a });
+}
 
 const { values: flags } = parseArgs({
   options: {
@@ -58,7 +68,7 @@ const { values: flags } = parseArgs({
     'denormal-zero': { type: 'boolean', default: false },
     batches: { type: 'string', default: '1,8' },
     only: { type: 'string' },
-    algos: { type: 'string', default: 'direct,auto' },
+    algos: { type: 'string', default: 'direct,auto,f6' },
     reps: { type: 'string' },
     warmup: { type: 'string' },
     budget: { type: 'string' },
@@ -79,10 +89,13 @@ if (flags.help) {
   --denormal-zero      session.set_denormal_as_zero = 1
   --batches 1,8        batch sizes (default 1,8)
   --only a,b           models: ${ALL_MODELS.join(', ')}
-  --algos direct,auto  conv algorithms to build (direct | auto | winograd; default direct,auto)
+  --algos LIST         conv algorithms to build: direct | auto (the builders' default) | winograd (forced)
+                       | f6 (auto with F(6,3) in the student; run for paper-student*/paper-head only);
+                       default direct,auto,f6
   --reps N             timed runs per case (default 7; --quick 3); median reported
   --warmup N           untimed runs first (default 2; --quick 1)
-  --budget S           stop timing a case after S seconds once 3 runs are in (default 40; --quick 12)
+  --budget S           stop timing a case after S seconds per algorithm once 3 runs are in (default 40; --quick 12)
+                       (the algorithms of a case are timed round-robin, so background load hits all alike)
   --peak-reps N        MatMul peak: best of N (default 10)
   --torch on|off       also time PyTorch (tools/reference/ast_reference.py) at the paper shapes (default on)
   --quick              fewer runs
@@ -101,6 +114,9 @@ const batches = flags.batches.split(',').map(Number);
 const models = (flags.only ? flags.only.split(',') : [...ALL_MODELS]) as ModelId[];
 for (const m of models) if (!ALL_MODELS.includes(m)) throw new Error(`unknown model ${m}; one of ${ALL_MODELS.join(', ')}`);
 const algos = flags.algos.split(',') as Algo[];
+for (const a of algos) if (!ALGOS.includes(a)) throw new Error(`unknown algorithm ${a}; one of ${ALGOS.join(', ')}`);
+/** Models whose student runs on 24×24 maps, where F(6, 3) differs from the default. */
+const F6_MODELS: readonly ModelId[] = ['paper-student256', 'paper-student1024', 'paper-head'];
 const optLevel = flags['opt-level'] as 'disabled' | 'basic' | 'extended' | 'all';
 
 /** The authors' code on this machine class (2 threads, batch 8, C = 304, 24×24), as given in the issue. */
@@ -165,6 +181,26 @@ async function time(session: ort.InferenceSession, feeds: Record<string, ort.Ten
   return { medianMs: median(runsMs), minMs: Math.min(...runsMs), runsMs, outputs };
 }
 
+/** Warm-up for each session, then timed runs in turn until each has `reps` (or the budget is spent). */
+async function timeRoundRobin(sessions: ort.InferenceSession[], feeds: Record<string, ort.Tensor>): Promise<Timing[]> {
+  const outputs: ort.InferenceSession.ReturnType[] = [];
+  for (const s of sessions) {
+    let out = await s.run(feeds);
+    for (let i = 1; i < warmup; i++) out = await s.run(feeds);
+    outputs.push(out);
+  }
+  const runs = sessions.map(() => [] as number[]);
+  const start = performance.now();
+  while (runs[0]!.length < reps && (runs[0]!.length < 3 || performance.now() - start < budgetMs * sessions.length)) {
+    for (let i = 0; i < sessions.length; i++) {
+      const t = performance.now();
+      await sessions[i]!.run(feeds);
+      runs[i]!.push(performance.now() - t);
+    }
+  }
+  return runs.map((r, i) => ({ medianMs: median(r), minMs: Math.min(...r), runsMs: r, outputs: outputs[i]! }));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // MatMul peak
 // ---------------------------------------------------------------------------------------------------
@@ -208,7 +244,13 @@ interface ModelCase {
 }
 
 const PAPER = { channels: 304, size: 24, hidden: 64, kernels: [3, 3, 3, 5], cond: 32 };
-const EDGE = { channels: 288, size: 32, input: 256 };
+/** The edge preset as it stands in src/config/model-schema.ts (backbone layers, channels, input size). */
+const EDGE = {
+  channels: modelParamsFor('edge', 'rgb').featureChannels,
+  size: Math.ceil(PRESETS.edge.inputSize / PRESETS.edge.backbone.stride),
+  input: PRESETS.edge.inputSize,
+  layers: PRESETS.edge.backbone.layers,
+};
 
 function teacherWeights(channels: number): TeacherWeights {
   return initTeacher({ channels, condChannels: 32, hidden: 64, kernelSizes: [3, 3, 3, 5], seed: 11, gamma: 0.1 });
@@ -247,7 +289,7 @@ const paperStudentOf = (width: number) => {
   return paperStudent.get(width)!;
 };
 const edgeTeacher = lazy(() => teacherWeights(EDGE.channels));
-const edgeStudent = lazy(() => studentWeights(EDGE.channels, 256, 2));
+const edgeStudent = lazy(() => studentWeights(EDGE.channels, PRESETS.edge.student.width, PRESETS.edge.student.residualBlocks));
 
 function edgeParams(): ModelParams {
   return modelParamsFor('edge', 'rgb');
@@ -277,13 +319,13 @@ async function makeCases(): Promise<ModelCase[]> {
       }
       case 'edge-detector': {
         const p = edgeParams();
-        const backbone = await ensureDefaultBackbone();
+        const backbone = await ensureDefaultBackbone({ layers: [...EDGE.layers] });
         const model = decodeModel(await readFile(backbone.file));
         const inputSize = EDGE.input;
         const backboneFlops = onnxConvFlops(model, backbone.input.name, inputSize, inputSize);
         cases.push({
           id,
-          note: `uint8 ${inputSize}² → MobileNetV2 (${(backboneFlops / 1e9).toFixed(2)} GFLOP) → edge head`,
+          note: `uint8 ${inputSize}² → MobileNetV2 ${EDGE.layers.join(' + ')} (${(backboneFlops / 1e9).toFixed(2)} GFLOP) → edge head`,
           flopsPerImage:
             backboneFlops +
             teacherFlops({ channels: EDGE.channels, cond: 32, hidden: p.teacher.hidden, kernels: p.teacher.kernelSizes }, EDGE.size, EDGE.size) +
@@ -403,6 +445,37 @@ function runTorch(torchModels: string[]): { version: string; results: TorchResul
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Goals of the issue (batch 8, the paper shapes)
+// ---------------------------------------------------------------------------------------------------
+
+function goalSummary(rows: Row[]): string[] {
+  const out: string[] = [];
+  const at8 = (m: ModelId) => rows.filter((r) => r.model === m && r.batch === 8);
+  const s1024 = at8('paper-student1024').filter((r) => r.algo !== 'direct');
+  if (s1024.length) {
+    const parts = s1024.map((r) => `${r.algo} ${(100 * r.peakFraction).toFixed(0)}%`);
+    const best = Math.max(...s1024.map((r) => r.peakFraction));
+    out.push(`goal (i)  width-1024 student ≥ 60% of the MatMul peak (direct-conv FLOPs, N=8): ${parts.join(', ')} → ${best >= 0.6 ? 'met' : 'not met'}`);
+  }
+  for (const m of ['paper-teacher', 'paper-student256', 'paper-student1024'] as const) {
+    const cand = at8(m).filter((r) => r.algo !== 'direct');
+    if (!cand.length) continue;
+    const fmtRow = (r: Row) => {
+      const vsAuthors = r.authorsMs ? `${(r.medianMs / r.authorsMs).toFixed(2)}× authors' ${r.authorsMs} ms` : '';
+      const vsTorch = r.torchMs ? `${(r.medianMs / r.torchMs).toFixed(2)}× PyTorch-now ${r.torchMs.toFixed(0)} ms` : '';
+      return `${r.algo} ${r.medianMs.toFixed(0)} ms (${[vsAuthors, vsTorch].filter(Boolean).join(', ')})`;
+    };
+    const best = cand.reduce((a, b) => (b.medianMs < a.medianMs ? b : a));
+    const authorsMet = best.authorsMs ? best.medianMs <= best.authorsMs / 2 : undefined;
+    const torchMet = best.torchMs ? best.medianMs <= best.torchMs / 2 : undefined;
+    out.push(
+      `goal (ii) ${m} ≤ ½ of PyTorch: ${cand.map(fmtRow).join('; ')} → vs authors' figure ${authorsMet === undefined ? '—' : authorsMet ? 'met' : 'not met'}, vs PyTorch measured now ${torchMet === undefined ? '—' : torchMet ? 'met' : 'not met'}`,
+    );
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Run
 // ---------------------------------------------------------------------------------------------------
 
@@ -456,24 +529,31 @@ async function main() {
   const rows: Row[] = [];
   for (const c of cases) {
     for (const batch of batches) {
-      let directOut: Float32Array | undefined;
+      // Every algorithm of a case is loaded first, then timed round-robin, so background load on a
+      // shared machine hits all of them alike and their ratios stay meaningful.
+      const variants: { algo: Algo; session: ort.InferenceSession; loadMs: number; built: Built }[] = [];
       for (const algo of algos) {
-        setDefaultConvAlgorithm(algo);
+        if (algo === 'f6' && !F6_MODELS.includes(c.id)) continue;
+        useAlgo(algo);
         const built = c.build();
-        setDefaultConvAlgorithm('auto');
+        useAlgo(undefined);
         const { session, loadMs } = await createSession(built.bytes);
-        const feeds = built.feeds(batch);
-        const t = await time(session, feeds);
-        await session.release();
-        const out = t.outputs[built.checkOutput]!.data as Float32Array;
-        if (algo === 'direct') directOut = Float32Array.from(out);
+        variants.push({ algo, session, loadMs, built });
+      }
+      const feeds = variants[0]!.built.feeds(batch);
+      const timings = await timeRoundRobin(variants.map((v) => v.session), feeds);
+      let directOut: Float32Array | undefined;
+      variants.forEach((v, i) => {
+        const t = timings[i]!;
+        const out = t.outputs[v.built.checkOutput]!.data as Float32Array;
+        if (v.algo === 'direct') directOut = out;
         const gflop = (c.flopsPerImage * batch) / 1e9;
         const row: Row = {
           model: c.id,
           note: c.note,
           batch,
-          algo,
-          loadMs,
+          algo: v.algo,
+          loadMs: v.loadMs,
           medianMs: t.medianMs,
           minMs: t.minMs,
           runsMs: t.runsMs,
@@ -481,14 +561,15 @@ async function main() {
           gflop,
           gflops: gflop / (t.medianMs / 1000),
           peakFraction: 0,
-          ...(algo !== 'direct' && directOut ? { relErrVsDirect: maxRelErr(out, directOut) } : {}),
+          ...(v.algo !== 'direct' && directOut ? { relErrVsDirect: maxRelErr(out, directOut) } : {}),
         };
         rows.push(row);
         console.log(
-          `  ${c.id} N=${batch} ${algo}: ${t.medianMs.toFixed(1)} ms (min ${t.minMs.toFixed(1)}, ${t.runsMs.length} runs, load ${(loadMs / 1000).toFixed(1)} s)` +
+          `  ${c.id} N=${batch} ${v.algo}: ${t.medianMs.toFixed(1)} ms (min ${t.minMs.toFixed(1)}, ${t.runsMs.length} runs, load ${(v.loadMs / 1000).toFixed(1)} s)` +
             (row.relErrVsDirect !== undefined ? `, max rel. diff vs direct ${row.relErrVsDirect.toExponential(1)}` : ''),
         );
-      }
+      });
+      for (const v of variants) await v.session.release();
     }
   }
 
@@ -548,6 +629,11 @@ async function main() {
   console.log(`authors ms: the authors' PyTorch code on this machine class (2 threads, batch 8), as quoted in the issue; torch ms: PyTorch ${torch?.version ?? '(not run)'} measured now.`);
   const load1 = loadavg()[0]!;
   if (load1 > 0.7 + threads) console.log(`note: load average ${load1.toFixed(2)} at the end`);
+  const goals = goalSummary(rows);
+  if (goals.length) {
+    console.log('');
+    for (const line of goals) console.log(line);
+  }
 
   if (flags.json) {
     const json = {

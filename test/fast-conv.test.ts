@@ -13,6 +13,7 @@ import { decodeNpy } from '../src/formats/npy.js';
 import { decodeSafetensors } from '../src/formats/safetensors.js';
 import {
   autoConvAlgorithm,
+  buildUpsampledMapMatMul,
   constantConvMap,
   inferSpatialSize,
   winogradConv2d,
@@ -24,6 +25,7 @@ import { buildTeacherForward, buildTeacherInverse } from '../src/model/teacher-f
 import { buildStudentInference } from '../src/model/student.js';
 import { initStudent, initTeacher } from '../src/model/init.js';
 import { studentFromStateDict, teacherFromStateDict } from '../src/model/weights.js';
+import { buildUpsampledMap, gaussianKernel } from '../src/model/anomaly-map.js';
 import { maxRelativeError, runGraph, seededNormal } from './helpers/run-graph.js';
 
 const normal = seededNormal(5);
@@ -208,5 +210,21 @@ describe('algorithm choice', () => {
     const pos = op.expand(g, g.initializer('p', f32([1, 2, 5, 6])), op.ints(g, [1, 1, 1, 1]));
     expect(inferSpatialSize(g, op.concat(g, [pos, x], 1))).toEqual({ height: 5, width: 6 });
     expect(inferSpatialSize(g, x)).toBeUndefined();
+  });
+});
+
+describe('map upsampling as two products', () => {
+  it('equals PyTorch bicubic ×8 (reference fixture) and the Resize + Gaussian graph', async () => {
+    const map = await npy('map.npy');
+    const [n, h, w] = map.dims as [number, number, number];
+    const g = new Graph('up');
+    const m = g.input('m', 'float32', [n, 1, h, w]);
+    g.output(buildUpsampledMapMatMul(g, m, { height: h, width: w }, { height: 8 * h, width: 8 * w }), 'plain');
+    g.output(buildUpsampledMapMatMul(g, m, { height: h, width: w }, { height: 8 * h, width: 8 * w }, gaussianKernel(4)), 'smooth');
+    g.output(buildUpsampledMap(g, m, 8 * h, 8 * w, 4), 'smooth_ref');
+    const out = await runGraph(g, { m: f32([n, 1, h, w], map.data) });
+    expect(out.plain!.dims).toEqual([n, 1, 8 * h, 8 * w]);
+    expect(maxRelativeError(out.plain!.data, (await npy('map_upsampled.npy')).data)).toBeLessThan(1e-5);
+    expect(maxRelativeError(out.smooth!.data, out.smooth_ref!.data)).toBeLessThan(1e-5);
   });
 });

@@ -19,9 +19,9 @@ import { Detector } from '../runtime/detector.js';
 const TEXTURES = ['brick', 'grass', 'gravel'].map((n) => ({ name: n, file: `/usr/lib/python3/dist-packages/skimage/data/${n}.png` }));
 
 async function demoBundle(dir: string, version: string): Promise<void> {
-  const backbone = await ensureDefaultBackbone();
   const preset = PRESETS.edge;
-  const params = modelParamsFor('edge', 'rgb', backbone.outputs[0]!.channels);
+  const backbone = await ensureDefaultBackbone({ layers: preset.backbone.layers });
+  const params = modelParamsFor('edge', 'rgb', backbone.outputs.reduce((sum, o) => sum + o.channels, 0));
   const channels = params.featureChannels;
   await assembleBundle(dir, {
     id: 'demo-edge-untrained',

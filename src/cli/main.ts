@@ -12,7 +12,7 @@ import { scoreCommand } from './score-command.js';
 import { demoCommand } from './demo-command.js';
 import { packBundle, readBundle } from '../bundle/bundle-store.js';
 import { importReference } from '../bundle/import-reference.js';
-import { ModeSchema, PresetNameSchema } from '../config/model-schema.js';
+import { ModeSchema, PRESETS, PresetNameSchema } from '../config/model-schema.js';
 import { ProviderSchema, type RuntimeOptions } from '../config/runtime-schema.js';
 import { ensureDefaultBackbone } from '../model/backbone/mobilenet-v2.js';
 import { train } from '../train/trainer.js';
@@ -247,7 +247,7 @@ export function buildProgram(): Command {
     .description('default backbone (MobileNetV2 α=1.4 from the nsfwjs package)')
     .command('build')
     .description('generate the ONNX backbone and cache it under models/cache (or --out)')
-    .option('--layers <list>', 'comma-separated cut layers', 'expanded_conv_6/expand/Relu6')
+    .option('--layers <list>', "comma-separated cut layers (default: the edge preset's)", PRESETS.edge.backbone.layers.join(','))
     .option('--out <file.onnx>', 'also copy the ONNX file here')
     .action(async (o: { layers: string; out?: string }) => {
       const b = await ensureDefaultBackbone({ layers: o.layers.split(',').map((s) => s.trim()) });

@@ -126,13 +126,15 @@ export const PRESETS: Record<PresetName, Preset> = {
     posChannels: 32,
   },
   /**
-   * Sized for a 2-core CPU: the MobileNetV2 default backbone at stride 8 (288 channels) on 256² input,
-   * a width-256 student with 2 residual blocks (~5.5 M parameters instead of ~81 M).
+   * Sized for a 2-core CPU: the default MobileNetV2 backbone's linear block outputs at strides 8 and 16
+   * (48 + 136 channels, the coarser one upsampled: 184 × 32 × 32 on 256² input — linear features like the
+   * paper's EfficientNet block, without the exact zeros of ReLU6 layers that let a flow's likelihood
+   * diverge), and a width-256 student with 2 residual blocks (~2.4 M parameters instead of ~81 M).
    */
   edge: {
     inputSize: 256,
     training: { teacherEpochs: 8, studentEpochs: 8, batchSize: 8, lr: 2e-4, weightDecay: 1e-5 },
-    backbone: { name: 'mobilenetv2-1.4-nsfwjs', layers: ['expanded_conv_6/expand/Relu6'], channels: 288, stride: 8 },
+    backbone: { name: 'mobilenetv2-1.4-nsfwjs', layers: ['expanded_conv_5/add', 'expanded_conv_12/add'], channels: 184, stride: 8 },
     teacher: { blocks: 4, hidden: 64, kernelSizes: [3, 3, 3, 5], clamp: 1.9 },
     student: { width: 256, residualBlocks: 2, leakySlope: 0.01, bnEps: 1e-5 },
     scoring: { aggregation: 'max', smoothingSigma: 4 },

@@ -32,18 +32,38 @@ import { f32, type HostTensor } from '../onnx/tensor.js';
 export type ConvAlgorithm = 'direct' | 'winograd';
 export type SpatialPadding = 'zero' | 'edge';
 
-let processDefault: ConvAlgorithm | 'auto' = 'auto';
+/** Process-wide defaults for builders whose caller passes no option (benchmarks, A/B checks, operators). */
+export interface FastConvDefaults {
+  algorithm: ConvAlgorithm | 'auto';
+  /** Output tile of the student's F(m×m, 3×3): 4 is best at batch 1 and on 32×32 maps; 6 wins ~10–15 % at batch 8 on 24×24. */
+  studentTile: number;
+  /** Output tiles of the teacher's subnets (hidden 64: few, small GEMMs, so larger tiles pay). */
+  teacherTileK3: number;
+  teacherTileK5: number;
+}
+
+const DEFAULTS: FastConvDefaults = { algorithm: 'auto', studentTile: 4, teacherTileK3: 6, teacherTileK5: 4 };
+let current: FastConvDefaults = { ...DEFAULTS };
+
+/** Changes the process-wide defaults (unset fields return to the built-in ones). */
+export function setFastConvDefaults(d: Partial<FastConvDefaults>): void {
+  current = { ...DEFAULTS, ...d };
+}
+
+export function fastConvDefaults(): Readonly<FastConvDefaults> {
+  return current;
+}
 
 /**
  * The algorithm builders use when their caller passes none (`auto` unless changed): lets a benchmark
  * or an A/B check build the unchanged graph builders (head, fused detector) both ways.
  */
 export function setDefaultConvAlgorithm(a: ConvAlgorithm | 'auto'): void {
-  processDefault = a;
+  current = { ...current, algorithm: a };
 }
 
 export function defaultConvAlgorithm(): ConvAlgorithm | 'auto' {
-  return processDefault;
+  return current.algorithm;
 }
 
 /** Winograd F(m, r) in one dimension: y = Aᵀ[(G g) ⊙ (Bᵀ d)] for the correlation y_i = Σ_k d_{i+k} g_k. */
@@ -127,6 +147,16 @@ export interface WinogradConvOptions {
   padding: SpatialPadding;
   /** Output tile m of F(m×m, k×k) (default: `defaultTile(k)`). */
   tile?: number;
+  /**
+   * How the α² channel products run: one batched MatMul (default), or α² MatMuls with 2-D constant
+   * weights that ONNX Runtime pre-packs at load (costs a Split and a Concat of the transformed data).
+   */
+  gemm?: 'batched' | 'split';
+  /**
+   * The column transform: a product then a transpose into [αh, αw, tiles…] (default), or one broadcast
+   * product that writes that layout directly (re-reads each row block α times).
+   */
+  columns?: 'transpose' | 'broadcast';
   /** Finite interpolation points (default: `defaultPoints(α)`). */
   points?: readonly number[];
   name?: string;
@@ -244,11 +274,29 @@ export function winogradConvHWNC(
   const tw = g.initializer(`${name}_Tw`, f32([alpha * tilesW, o.width], inputAxisMatrix(w, o.width, pad, o.padding, tilesW)));
   // 1. rows: [αh·tH, w·N·Cin]
   const rows = op.matmul(g, th, op.reshape(g, x, [o.height, -1]));
-  // 2. columns: [αh·tH, αw·tW, N·Cin]
-  const cols = op.matmul(g, tw, op.reshape(g, rows, [alpha * tilesH, o.width, -1]));
-  // 3. [αh, tH, αw, tW, N·Cin] → [αh, αw, tH, tW, N·Cin] → [α², tiles·N, Cin]
-  const v = op.transpose(g, op.reshape(g, cols, [alpha, tilesH, alpha, tilesW, -1]), [0, 2, 1, 3, 4]);
-  const mm = op.matmul(g, op.reshape(g, v, [alpha * alpha, -1, cin]), transformWeights(g, weight, w, name));
+  let v: Value;
+  if ((o.columns ?? 'transpose') === 'transpose') {
+    // 2. columns: [αh·tH, αw·tW, N·Cin]
+    const cols = op.matmul(g, tw, op.reshape(g, rows, [alpha * tilesH, o.width, -1]));
+    // 3. [αh, tH, αw, tW, N·Cin] → [αh, αw, tH, tW, N·Cin]
+    v = op.transpose(g, op.reshape(g, cols, [alpha, tilesH, alpha, tilesW, -1]), [0, 2, 1, 3, 4]);
+  } else {
+    // 2+3. one broadcast product straight into [αh, αw, tH, tW, N·Cin]:
+    //      Tw as [1, αw, 1, tW, w] times the rows as [αh, 1, tH, w, N·Cin]
+    const twB = op.reshape(g, tw, [1, alpha, 1, tilesW, o.width]);
+    v = op.matmul(g, twB, op.reshape(g, rows, [alpha, 1, tilesH, o.width, -1]));
+  }
+  const vs = op.reshape(g, v, [alpha * alpha, -1, cin]);
+  const u = transformWeights(g, weight, w, name);
+  let mm: Value;
+  if ((o.gemm ?? 'batched') === 'batched') mm = op.matmul(g, vs, u);
+  else {
+    // α² products with 2-D constant weights, which ONNX Runtime packs once at load
+    const n = alpha * alpha;
+    const parts = op.split(g, vs, 0, new Array<number>(n).fill(1));
+    const us = op.split(g, u, 0, new Array<number>(n).fill(1)).map((ui) => op.reshape(g, ui, [cin, cout]));
+    mm = op.concat(g, parts.map((vi, i) => op.matmul(g, vi, us[i]!)), 0);
+  }
   // 5. Aᵀ along αh then αw: [α, rest] → [m, rest]; [m, α, rest] → [m, m, rest]
   const at = g.initializer(`${name}_AT`, f32([m, alpha], flat(w.AT)));
   const outH = op.matmul(g, at, op.reshape(g, mm, [alpha, -1]));
@@ -439,4 +487,64 @@ export function sliceInputChannels(weight: HostTensor<'float32'>, from: number, 
   const out = new Float32Array(cout * (to - from) * kk);
   for (let o = 0; o < cout; o++) out.set(weight.data.subarray((o * cin + from) * kk, (o * cin + to) * kk), o * (to - from) * kk);
   return f32([cout, to - from, k, k], out);
+}
+
+/** Keys cubic convolution weight (a = −0.75 as PyTorch's and ONNX Runtime's bicubic). */
+function cubicWeight(x: number, a = -0.75): number {
+  const t = Math.abs(x);
+  if (t <= 1) return ((a + 2) * t - (a + 3)) * t * t + 1;
+  if (t < 2) return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a;
+  return 0;
+}
+
+/**
+ * [out, in] matrix of bicubic resampling along one axis (half-pixel centres, taps clamped to the edge:
+ * PyTorch `bicubic` with align_corners=False, ONNX Resize cubic with half_pixel), followed by a Gaussian
+ * blur with reflect padding when `taps` is given (float64, rounded once).
+ */
+export function resampleMatrix(inSize: number, outSize: number, taps?: Float32Array): Float32Array {
+  const m = new Float64Array(outSize * inSize);
+  const scale = inSize / outSize;
+  for (let o = 0; o < outSize; o++) {
+    const src = (o + 0.5) * scale - 0.5;
+    const f = Math.floor(src);
+    const t = src - f;
+    for (let k = -1; k <= 2; k++) {
+      const i = Math.min(inSize - 1, Math.max(0, f + k));
+      m[o * inSize + i] += cubicWeight(k - t);
+    }
+  }
+  if (!taps) return Float32Array.from(m);
+  const r = (taps.length - 1) / 2;
+  const reflect = (p: number) => (p < 0 ? -p : p >= outSize ? 2 * (outSize - 1) - p : p);
+  const out = new Float64Array(outSize * inSize);
+  for (let o = 0; o < outSize; o++) {
+    for (let j = -r; j <= r; j++) {
+      const row = reflect(o + j) * inSize;
+      const c = taps[j + r]!;
+      for (let i = 0; i < inSize; i++) out[o * inSize + i] += c * m[row + i]!;
+    }
+  }
+  return Float32Array.from(out);
+}
+
+/**
+ * The display map: [N, 1, h, w] → [N, 1, H, W], bicubic upsampling then (σ > 0) separable Gaussian
+ * smoothing with reflect borders — the same linear map as `buildUpsampledMap` in anomaly-map.ts, but as
+ * two small products Mh · map · Mwᵀ with both steps folded into constant matrices. On the 2-core CPU,
+ * 32² → 256² at batch 8: ~1–2 ms instead of ~80 ms (ONNX Runtime's cubic Resize is scalar code).
+ */
+export function buildUpsampledMapMatMul(
+  g: Graph,
+  map: Value,
+  size: { height: number; width: number },
+  out: { height: number; width: number },
+  taps?: Float32Array,
+): Value {
+  const mh = g.initializer('upsample_rows', f32([out.height, size.height], resampleMatrix(size.height, out.height, taps)));
+  const mwT = resampleMatrix(size.width, out.width, taps);
+  const t = new Float32Array(mwT.length);
+  for (let o = 0; o < out.width; o++) for (let i = 0; i < size.width; i++) t[i * out.width + o] = mwT[o * size.width + i]!;
+  const mw = g.initializer('upsample_cols', f32([size.width, out.width], t));
+  return op.matmul(g, mh, op.matmul(g, map, mw));
 }

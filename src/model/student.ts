@@ -9,7 +9,7 @@ import * as op from '../onnx/ops.js';
 import type { StudentParams } from '../config/model-schema.js';
 import { asInitializers, type WeightSource } from './teacher-flow.js';
 import { foldBatchNorm, type ConvWeights, type StudentWeights } from './weights.js';
-import { defaultConvAlgorithm, fromHWNC, inferSpatialSize, toHWNC, winogradConvHWNC, type ConvAlgorithm } from './fast-conv.js';
+import { defaultConvAlgorithm, fastConvDefaults, fromHWNC, inferSpatialSize, toHWNC, winogradConvHWNC, type ConvAlgorithm } from './fast-conv.js';
 
 export interface StudentBuildOptions {
   params: Pick<StudentParams, 'leakySlope' | 'bnEps'>;
@@ -24,8 +24,12 @@ export interface StudentBuildOptions {
   convAlgorithm?: ConvAlgorithm | 'auto';
   /** Feature-map size; inferred from the input's producers when omitted (needed by Winograd). */
   spatialSize?: { height: number; width: number };
-  /** Winograd output tile m of F(m×m, 3×3) (default 4). */
+  /** Winograd output tile m of F(m×m, 3×3) (default `fastConvDefaults().studentTile`, normally 4). */
   winogradTile?: number;
+  /** Winograd channel products: batched MatMul or per-position pre-packed MatMuls (see fast-conv.ts). */
+  winogradGemm?: 'batched' | 'split';
+  /** Winograd column transform (see fast-conv.ts). */
+  winogradColumns?: 'transpose' | 'broadcast';
 }
 
 /** Below this width a direct Conv is as fast (measured on a 2-core AVX2 CPU; see bench/detector.bench.ts). */
@@ -74,7 +78,9 @@ function buildStudentWinograd(
     return winogradConvHWNC(g, x, weight, bias, {
       ...size,
       padding: 'zero',
-      ...(o.winogradTile ? { tile: o.winogradTile } : {}),
+      tile: o.winogradTile ?? fastConvDefaults().studentTile,
+      ...(o.winogradGemm ? { gemm: o.winogradGemm } : {}),
+      ...(o.winogradColumns ? { columns: o.winogradColumns } : {}),
       name: key.replace(/\./g, '_'),
     });
   };

@@ -16,6 +16,7 @@ import {
   constantMap,
   defaultConvAlgorithm,
   directConvHWNC,
+  fastConvDefaults,
   fromHWNC,
   inferSpatialSize,
   resolveConvAlgorithm,
@@ -63,7 +64,7 @@ export interface TeacherBuildOptions {
   convAlgorithm?: ConvAlgorithmOption;
   /** Feature-map size; inferred from the graph when omitted (needed by Winograd). */
   spatialSize?: { height: number; width: number };
-  /** Winograd output tile for 3×3 subnets (default 4) and for 5×5 subnets (default 2). */
+  /** Winograd output tiles of the 3×3 and 5×5 subnets (default `fastConvDefaults()`: 6 and 4). */
   winogradTile?: { k3?: number; k5?: number };
 }
 
@@ -97,15 +98,42 @@ export interface TeacherOutputs {
   logDet?: Value;
 }
 
+/** A coupling subnet on HWNC tensors: [h, w, N, len] → [h, w, N, 2·len']. */
+type HwncSubnetFn = (half: Value, w: SubnetWeights, prefix: string) => Value;
+
+type SubnetPlan =
+  | { kind: 'direct'; nchw: SubnetFn }
+  | {
+      kind: 'hwnc';
+      nchw: SubnetFn;
+      hwnc: HwncSubnetFn;
+      size: { height: number; width: number };
+      /** The log-scale half of every subnet output is already divided by the clamp (folded into conv2). */
+      prescaled: boolean;
+    };
+
+/** conv with output channels [0, rows) multiplied by `factor` (host weights). */
+function scaleOutputRows(c: ConvWeights, rows: number, factor: number): ConvWeights {
+  const per = c.weight.data.length / c.weight.dims[0]!;
+  const weight = Float32Array.from(c.weight.data);
+  const bias = Float32Array.from(c.bias.data);
+  for (let o = 0; o < rows; o++) {
+    for (let j = 0; j < per; j++) weight[o * per + j] = weight[o * per + j]! * factor;
+    bias[o] = bias[o]! * factor;
+  }
+  return { weight: { dtype: 'float32', dims: c.weight.dims, data: weight }, bias: { dtype: 'float32', dims: c.bias.dims, data: bias } };
+}
+
 /**
  * Chooses how each subnet is built. Direct: the original Pad + Conv subnet on [half, P]. Winograd (per
- * conv): the subnet runs on HWNC tensors between one transpose in and one out; when P is a constant of the
- * graph (the head's expanded positional encoding) and the weights are baked in, conv1's share of P is
- * computed at build time and added as a map instead of concatenating P to every subnet input.
+ * conv): subnets run on HWNC tensors (src/model/fast-conv.ts), with the edge padding folded into the
+ * transforms; when P is a constant of the graph (the head's expanded positional encoding) and the weights
+ * are baked in, conv1's share of P is computed at build time and added as a map instead of concatenating P
+ * to every subnet input, and 1/clamp of the soft clamp is folded into conv2's log-scale rows.
  */
-function subnetBuilder(g: Graph, x: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): SubnetFn {
+function subnetPlan(g: Graph, x: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): SubnetPlan {
   const option = o.convAlgorithm ?? defaultConvAlgorithm();
-  const direct: SubnetFn = (half, w, prefix) => subnet(g, op.concat(g, [half, pos], 1), w, prefix, o);
+  const direct: SubnetPlan = { kind: 'direct', nchw: (half, w, prefix) => subnet(g, op.concat(g, [half, pos], 1), w, prefix, o) };
   if (option === 'direct' || weights.blocks.length === 0) return direct;
   const custom = o.weightSource !== undefined;
   const first = weights.blocks[0]!.s1;
@@ -126,11 +154,13 @@ function subnetBuilder(g: Graph, x: Value, pos: Value, weights: TeacherWeights, 
   }
   const posConst = custom ? undefined : constantMap(g, pos);
   const usePosMap = posConst !== undefined && posConst.dims[1] === size.height && posConst.dims[2] === size.width;
+  const prescaled = !custom;
   let posHWNC: Value | undefined;
-  const tile = (k: number) => (k === 3 ? o.winogradTile?.k3 : k === 5 ? o.winogradTile?.k5 : undefined);
+  const tile = (k: number) =>
+    k === 3 ? (o.winogradTile?.k3 ?? fastConvDefaults().teacherTileK3) : k === 5 ? (o.winogradTile?.k5 ?? fastConvDefaults().teacherTileK5) : undefined;
   const src = o.weightSource ?? asInitializers(g);
 
-  return (half, w, prefix) => {
+  const hwnc: HwncSubnetFn = (half, w, prefix) => {
     const k = w.conv1.weight.dims[2]!;
     const pad = (k - 1) / 2;
     const halfChannels = w.conv1.weight.dims[1]! - cond;
@@ -147,29 +177,85 @@ function subnetBuilder(g: Graph, x: Value, pos: Value, weights: TeacherWeights, 
       // conv1([half, P]) = conv1_half(half) + (conv1_P(P) + b1): the second term is a constant map
       const map = constantConvMap(posConst, w.conv1.weight, w.conv1.bias, halfChannels, 'edge', pad);
       const bias = g.initializer(`${prefix}.conv1.pos_bias`.replace(/\./g, '_'), map);
-      hid = conv(toHWNC(g, half, { channels: halfChannels, ...size }), sliceInputChannels(w.conv1.weight, 0, halfChannels), bias, halfChannels, hidden, 'conv1');
+      hid = conv(half, sliceInputChannels(w.conv1.weight, 0, halfChannels), bias, halfChannels, hidden, 'conv1');
     } else {
       posHWNC ??= toHWNC(g, pos, { channels: cond, ...size });
-      const input = op.concat(g, [toHWNC(g, half, { channels: halfChannels, ...size }), posHWNC], 3);
+      const input = op.concat(g, [half, posHWNC], 3);
       const weight = custom ? src(`${prefix}.conv1.weight`, w.conv1.weight) : w.conv1.weight;
       hid = conv(input, weight, src(`${prefix}.conv1.bias`, w.conv1.bias), halfChannels + cond, hidden, 'conv1');
     }
     hid = op.relu(g, hid);
     const fold = o.foldGamma ?? true;
-    const c2 = fold ? scaleConv(w.conv2, w.gamma) : w.conv2;
+    let c2 = fold ? scaleConv(w.conv2, w.gamma) : w.conv2;
     const cout = c2.weight.dims[0]!;
-    let out = conv(hid, custom ? src(`${prefix}.conv2.weight`, c2.weight) : c2.weight, src(`${prefix}.conv2.bias`, c2.bias), hidden, cout, 'conv2');
-    out = fromHWNC(g, out, { channels: cout, ...size });
+    if (prescaled) c2 = scaleOutputRows(c2, cout / 2, 1 / o.clamp);
+    const out = conv(hid, custom ? src(`${prefix}.conv2.weight`, c2.weight) : c2.weight, src(`${prefix}.conv2.bias`, c2.bias), hidden, cout, 'conv2');
     if (fold) return out;
     return op.mul(g, out, src(`${prefix}.gamma`, { dtype: 'float32', dims: [1], data: Float32Array.of(w.gamma) }));
   };
+  const nchw: SubnetFn = (half, w, prefix) => {
+    const halfChannels = w.conv1.weight.dims[1]! - cond;
+    const out = hwnc(toHWNC(g, half, { channels: halfChannels, ...size }), w, prefix);
+    return fromHWNC(g, out, { channels: w.conv2.weight.dims[0]!, ...size });
+  };
+  return { kind: 'hwnc', nchw, hwnc, size, prescaled };
+}
+
+function softClampPrescaled(g: Graph, aOverClamp: Value, clamp: number): Value {
+  return op.mul(g, op.atan(g, aOverClamp), op.scalar(g, clamp * SOFT_CLAMP_FACTOR, 'clamp_scale'));
+}
+
+/**
+ * The forward flow with every coupling on HWNC tensors: per block one Gather (channel planes, NCHW) and
+ * one layout change in, one out; the splits, soft clamps and affine updates run channels-last.
+ */
+function buildTeacherForwardHWNC(
+  g: Graph,
+  x: Value,
+  weights: TeacherWeights,
+  o: TeacherBuildOptions,
+  plan: Extract<SubnetPlan, { kind: 'hwnc' }>,
+): TeacherOutputs {
+  const { size } = plan;
+  const clampA = (a: Value) => (plan.prescaled ? softClampPrescaled(g, a, o.clamp) : softClamp(g, a, o.clamp));
+  let h = x;
+  let logDet: Value | undefined;
+  weights.blocks.forEach((block, i) => {
+    const n = 3 + 2 * i;
+    const channels = block.permutation.length;
+    const [len1, len2] = splitSizes(channels);
+    const permuted = op.gather(g, h, g.initializer(`perm_${i}`, i64([channels], block.permutation)), 1, `permute_${i}`);
+    const [x1, x2] = op.split(g, toHWNC(g, permuted, { channels, ...size }), 3, [len1, len2]) as [Value, Value];
+
+    const r2 = plan.hwnc(x2, block.s2, `module_list.${n}.s2`);
+    const [a2raw, t2] = op.split(g, r2, 3, [len1, len1]) as [Value, Value];
+    const a2 = clampA(a2raw);
+    const y1 = op.add(g, op.mul(g, op.exp(g, a2), x1), t2);
+
+    const r1 = plan.hwnc(y1, block.s1, `module_list.${n}.s1`);
+    const [a1raw, t1] = op.split(g, r1, 3, [len2, len2]) as [Value, Value];
+    const a1 = clampA(a1raw);
+    const y2 = op.add(g, op.mul(g, op.exp(g, a1), x2), t1);
+
+    h = op.clip(g, fromHWNC(g, op.concat(g, [y1, y2], 3, `coupling_${i}`), { channels, ...size }), -OUTPUT_LIMIT, OUTPUT_LIMIT);
+    if (o.withLogDet) {
+      const blockLogDet = op.add(g, op.reduce(g, 'ReduceSum', a1, [3], false), op.reduce(g, 'ReduceSum', a2, [3], false));
+      logDet = logDet ? op.add(g, logDet, blockLogDet) : blockLogDet;
+    }
+  });
+  if (!logDet) return { z: h };
+  // [h, w, N] → [N, h, w]
+  const flat = op.transpose(g, op.reshape(g, logDet, [size.height * size.width, -1]), [1, 0]);
+  return { z: h, logDet: op.reshape(g, flat, [-1, size.height, size.width]) };
 }
 
 /** Forward pass x → z. `x` is [N, C, h, w]; `pos` is the positional encoding broadcast to [N, D, h, w]. */
 export function buildTeacherForward(g: Graph, x: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): TeacherOutputs {
+  const plan = subnetPlan(g, x, pos, weights, o);
+  if (plan.kind === 'hwnc') return buildTeacherForwardHWNC(g, x, weights, o, plan);
+  const runSubnet = plan.nchw;
   let h = x;
   let logDet: Value | undefined;
-  const runSubnet = subnetBuilder(g, x, pos, weights, o);
   weights.blocks.forEach((block, i) => {
     const n = 3 + 2 * i; // reference key numbering
     const channels = block.permutation.length;
@@ -206,7 +292,18 @@ function inversePermutation(p: readonly number[]): number[] {
 /** Inverse pass z → x: undoes the blocks in reverse order (used to check the flow and to sample). */
 export function buildTeacherInverse(g: Graph, z: Value, pos: Value, weights: TeacherWeights, o: TeacherBuildOptions): Value {
   let h = z;
-  const runSubnet = subnetBuilder(g, z, pos, weights, o);
+  const plan = subnetPlan(g, z, pos, weights, o);
+  const inner = plan.nchw;
+  // the inverse keeps NCHW couplings; a pre-scaled log-scale half gets its clamp back here
+  const runSubnet: SubnetFn =
+    plan.kind === 'hwnc' && plan.prescaled
+      ? (half, w, prefix) => {
+          const r = inner(half, w, prefix);
+          const c = w.conv2.weight.dims[0]! / 2;
+          const [a, t] = op.split(g, r, 1, [c, c]) as [Value, Value];
+          return op.concat(g, [op.mul(g, a, op.scalar(g, o.clamp, 'clamp')), t], 1);
+        }
+      : inner;
   for (let i = weights.blocks.length - 1; i >= 0; i--) {
     const block = weights.blocks[i]!;
     const n = 3 + 2 * i;
