@@ -30,7 +30,7 @@ async function demoBundle(dir: string, version: string): Promise<void> {
     params,
     teacher: initTeacher({ channels, condChannels: params.posChannels, hidden: preset.teacher.hidden, kernelSizes: preset.teacher.kernelSizes, seed: 1 }),
     student: initStudent({ inChannels: channels + params.posChannels, outChannels: channels, width: preset.student.width, residualBlocks: preset.student.residualBlocks, seed: 2 }),
-    input: { width: preset.inputSize, height: preset.inputSize, mean: backbone.input.mean, std: backbone.input.std },
+    input: { width: preset.inputSize, height: preset.inputSize, mean: backbone.input.mean, std: backbone.input.std, contextPad: preset.contextPad },
     backbone: {
       bytes: await readFile(backbone.file),
       name: backbone.family,

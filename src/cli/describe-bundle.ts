@@ -13,7 +13,9 @@ export function describeBundle(m: BundleManifest, source: string): string {
     `  Preset ${m.preset}, mode ${m.model.mode}: ${
       m.model.mode === 'rgb' ? 'colour only' : m.model.mode === 'depth' ? 'depth only' : 'colour and depth'
     }.`,
-    `  Input: ${m.input.width}×${m.input.height} RGB frames (uint8, NHWC), normalised with mean [${m.input.mean.join(', ')}] and std [${m.input.std.join(', ')}].`,
+    `  Input: ${m.input.width}×${m.input.height} RGB frames (uint8, NHWC), normalised with mean [${m.input.mean.join(', ')}] and std [${m.input.std.join(', ')}]${
+      m.input.contextPad ? `; ${m.input.contextPad} px of mirrored context added before the backbone` : ''
+    }.`,
     m.backbone
       ? `  Backbone: ${m.backbone.name} — ${m.backbone.description}; outputs ${m.backbone.outputs
           .map((o) => `${o.name} (${o.channels} channels, stride ${o.stride}${o.layer ? `, layer ${o.layer}` : ''})`)

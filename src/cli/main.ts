@@ -133,6 +133,7 @@ export function buildProgram(): Command {
     .option('--validation <fraction>', 'share of good images held out', parseFloat)
     .option('--backbone <file.onnx>', 'feature extractor (required for --preset paper)')
     .option('--input-size <n>', 'square input side', int('--input-size'))
+    .option('--context-pad <px>', 'mirrored context around frames before the backbone (default: the preset)', int('--context-pad'))
     .option('--teacher-hidden <n>', 'hidden channels of the teacher subnets', int('--teacher-hidden'))
     .option('--student-width <n>', 'student width', int('--student-width'))
     .option('--residual-blocks <n>', 'student residual blocks', int('--residual-blocks'))
@@ -165,6 +166,7 @@ export function buildProgram(): Command {
           validationFraction: o.validation,
           backbone: o.backbone,
           inputSize: o.inputSize,
+          contextPad: o.contextPad,
           teacherHidden: o.teacherHidden,
           studentWidth: o.studentWidth,
           residualBlocks: o.residualBlocks,

@@ -27,6 +27,12 @@ export const InputSpecSchema = z.object({
   /** Applied inside the graph after scaling to [0, 1]: (x − mean) / std per channel. */
   mean: z.array(z.number()).length(3),
   std: z.array(z.number().positive()).length(3),
+  /**
+   * Mirrored context (pixels) added around each frame before the backbone and cropped off its features, so
+   * border features are computed like interior ones instead of from the backbone's zero padding. A multiple
+   * of the coarsest backbone stride; 0 = none.
+   */
+  contextPad: z.int().min(0).optional(),
 });
 export type InputSpec = z.infer<typeof InputSpecSchema>;
 

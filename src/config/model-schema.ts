@@ -94,6 +94,8 @@ export interface TrainingDefaults {
 export interface Preset {
   /** Square input side in pixels. */
   inputSize: number;
+  /** Mirrored context around frames before the backbone (see InputSpec.contextPad). */
+  contextPad: number;
   training: TrainingDefaults;
   backbone: { name: string; layers: string[]; channels: number; stride: number };
   teacher: TeacherParams;
@@ -117,6 +119,7 @@ export const PRESETS: Record<PresetName, Preset> = {
   /** The paper's defaults: EfficientNet-B5 block 35 at 768² → 304 × 24 × 24, student width 1024. */
   paper: {
     inputSize: 768,
+    contextPad: 0,
     training: { teacherEpochs: 72, studentEpochs: 72, batchSize: 8, lr: 2e-4, weightDecay: 1e-5 },
     backbone: { name: 'efficientnet-b5', layers: ['block35'], channels: 304, stride: 32 },
     teacher: { blocks: 4, hidden: 64, kernelSizes: [3, 3, 3, 5], clamp: 1.9 },
@@ -133,6 +136,7 @@ export const PRESETS: Record<PresetName, Preset> = {
    */
   edge: {
     inputSize: 256,
+    contextPad: 16,
     training: { teacherEpochs: 8, studentEpochs: 8, batchSize: 8, lr: 2e-4, weightDecay: 1e-5 },
     backbone: { name: 'mobilenetv2-1.4-nsfwjs', layers: ['expanded_conv_5/add', 'expanded_conv_12/add'], channels: 184, stride: 8 },
     teacher: { blocks: 4, hidden: 64, kernelSizes: [3, 3, 3, 5], clamp: 1.9 },

@@ -5,7 +5,7 @@
  *    which is what TensorRT should see.
  * Both come from the same builders, so the head inside the detector is the head.
  */
-import { Graph, Value } from '../onnx/graph.js';
+import { Graph, Value, attr } from '../onnx/graph.js';
 import * as op from '../onnx/ops.js';
 import { encodeModel, embedModel, type DecodedModel } from '../onnx/serialize.js';
 import { f32 } from '../onnx/tensor.js';
@@ -135,20 +135,40 @@ function preprocess(g: Graph, image: Value, input: InputSpec): Value {
   return op.add(g, scaled, g.initializer('input_shift', f32([1, 3, 1, 1], shift)), 'normalised_image');
 }
 
-/** Backbone outputs at several strides are resized to the finest one and concatenated. */
-function backboneFeatures(g: Graph, outputs: Value[], featureSize: { height: number; width: number }): Value {
-  if (outputs.length === 1) return outputs[0]!;
-  const batchAndChannels = (v: Value) => op.slice(g, op.shape(g, v), [0], [2], [0]);
-  const resized = outputs.map((v, i) =>
-    i === 0 ? v : op.resizeBilinear(g, v, op.concat(g, [batchAndChannels(v), op.ints(g, [featureSize.height, featureSize.width])], 0)),
-  );
-  return op.concat(g, resized, 1, 'features');
-}
-
 export interface FeatureModelSpec {
   input: InputSpec;
   backbone: { spec: BackboneSpec; model: DecodedModel };
   featureSize: { height: number; width: number };
+}
+
+/**
+ * The detector's front: uint8 frames → normalisation → (mirrored context) → backbone → features at the
+ * finest stride (coarser outputs bilinearly resized and concatenated) → context cropped off.
+ */
+function addFrontEnd(g: Graph, image: Value, spec: FeatureModelSpec): Value {
+  const { input, backbone, featureSize } = spec;
+  const pad = input.contextPad ?? 0;
+  let x = preprocess(g, image, input);
+  if (pad > 0) x = g.op('Pad', [x, op.ints(g, [0, 0, pad, pad, 0, 0, pad, pad], 'context_pads')], { mode: attr.string('reflect') }, { name: 'context_pad' });
+  const embedded = embedModel(g, backbone.model, { [backbone.spec.inputName]: x }, 'backbone/');
+  const outs = backbone.spec.outputs.map((o) => {
+    const v = embedded.outputs.get(o.name);
+    if (!v) throw new Error(`backbone has no output "${o.name}"`);
+    return v;
+  });
+  const finest = Math.min(...backbone.spec.outputs.map((o) => o.stride));
+  const margin = pad / finest;
+  const padded = { height: featureSize.height + 2 * margin, width: featureSize.width + 2 * margin };
+  let features = outs[0]!;
+  if (outs.length > 1) {
+    const batchAndChannels = (v: Value) => op.slice(g, op.shape(g, v), [0], [2], [0]);
+    const resized = outs.map((v, i) =>
+      i === 0 ? v : op.resizeBilinear(g, v, op.concat(g, [batchAndChannels(v), op.ints(g, [padded.height, padded.width])], 0)),
+    );
+    features = op.concat(g, resized, 1, 'multi_scale_features');
+  }
+  if (margin > 0) features = op.slice(g, features, [margin, margin], [margin + featureSize.height, margin + featureSize.width], [2, 3]);
+  return features;
 }
 
 /**
@@ -159,13 +179,7 @@ export function buildFeatureModel(spec: FeatureModelSpec): Uint8Array {
   const opset = Math.max(17, spec.backbone.model.opset_import?.find((o) => !o.domain)?.version ?? 17);
   const g = new Graph('ast_features', opset);
   const image = g.input(IO.image, 'uint8', ['N', spec.input.height, spec.input.width, 3]);
-  const embedded = embedModel(g, spec.backbone.model, { [spec.backbone.spec.inputName]: preprocess(g, image, spec.input) }, 'backbone/');
-  const outs = spec.backbone.spec.outputs.map((o) => {
-    const v = embedded.outputs.get(o.name);
-    if (!v) throw new Error(`backbone has no output "${o.name}"`);
-    return v;
-  });
-  g.output(backboneFeatures(g, outs, spec.featureSize), IO.features);
+  g.output(addFrontEnd(g, image, spec), IO.features);
   return encodeModel(g, { docString: 'AST feature extractor: preprocessing + backbone' });
 }
 
@@ -178,14 +192,7 @@ export function buildDetectorModel(spec: DetectorSpec): Uint8Array {
   if (spec.params.featureChannels > 0) {
     if (!spec.backbone) throw new Error('an rgb/rgbd detector needs a backbone');
     const image = g.input(IO.image, 'uint8', ['N', input.height, input.width, 3]);
-    const normalised = preprocess(g, image, input);
-    const embedded = embedModel(g, spec.backbone.model, { [spec.backbone.spec.inputName]: normalised }, 'backbone/');
-    const outs = spec.backbone.spec.outputs.map((o) => {
-      const v = embedded.outputs.get(o.name);
-      if (!v) throw new Error(`backbone has no output "${o.name}"`);
-      return v;
-    });
-    features = backboneFeatures(g, outs, spec.featureSize);
+    features = addFrontEnd(g, image, { input, backbone: spec.backbone, featureSize: spec.featureSize });
   }
   const { map, scores } = addHead(g, spec, headInputs(g, spec.params, spec.featureSize, features));
   g.output(op.squeeze(g, map, [1]), IO.map);

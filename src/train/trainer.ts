@@ -72,6 +72,8 @@ export interface TrainOptions {
   backbone?: string;
   backboneStride?: number;
   inputSize?: number;
+  /** Mirrored context around frames before the backbone, pixels (default: the preset's). */
+  contextPad?: number;
   teacherHidden?: number;
   studentWidth?: number;
   residualBlocks?: number;
@@ -181,7 +183,16 @@ async function setUpModel(o: TrainOptions, seed: number): Promise<ModelSetup> {
   const custom = o.teacherHidden !== undefined || o.studentWidth !== undefined || o.residualBlocks !== undefined || o.inputSize !== undefined;
   return {
     params,
-    input: { width: inputSize, height: inputSize, layout: 'NHWC', dtype: 'uint8', colorSpace: 'RGB', mean, std },
+    input: {
+      width: inputSize,
+      height: inputSize,
+      layout: 'NHWC',
+      dtype: 'uint8',
+      colorSpace: 'RGB',
+      mean,
+      std,
+      ...(backbone && (o.contextPad ?? preset.contextPad) > 0 ? { contextPad: o.contextPad ?? preset.contextPad } : {}),
+    },
     featureSize,
     backbone,
     teacher,
@@ -527,7 +538,13 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
     params,
     teacher,
     student,
-    input: { width: setup.input.width, height: setup.input.height, mean: setup.input.mean, std: setup.input.std },
+    input: {
+      width: setup.input.width,
+      height: setup.input.height,
+      mean: setup.input.mean,
+      std: setup.input.std,
+      ...(setup.input.contextPad ? { contextPad: setup.input.contextPad } : {}),
+    },
     backbone: setup.backbone,
     featureSize,
     calibration,
