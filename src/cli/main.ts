@@ -128,7 +128,9 @@ export function buildProgram(): Command {
     .option('--teacher-epochs <n>', 'teacher epochs', int('--teacher-epochs'))
     .option('--student-epochs <n>', 'student epochs', int('--student-epochs'))
     .option('--batch-size <n>', 'batch size (default: the preset, 8)', int('--batch-size'))
-    .option('--lr <rate>', 'Adam learning rate (default 2e-4)', parseFloat)
+    .option('--lr <rate>', 'Adam learning rate of both phases (default: the preset)', parseFloat)
+    .option('--teacher-lr <rate>', 'learning rate of the teacher', parseFloat)
+    .option('--student-lr <rate>', 'learning rate of the student', parseFloat)
     .option('--patience <n>', 'early stop after this many epochs without validation improvement', int('--patience'))
     .option('--validation <fraction>', 'share of good images held out', parseFloat)
     .option('--backbone <file.onnx>', 'feature extractor (required for --preset paper)')
@@ -162,6 +164,8 @@ export function buildProgram(): Command {
           studentEpochs: o.studentEpochs ?? o.epochs,
           batchSize: o.batchSize,
           lr: o.lr,
+          teacherLr: o.teacherLr,
+          studentLr: o.studentLr,
           patience: o.patience,
           validationFraction: o.validation,
           backbone: o.backbone,

@@ -63,7 +63,10 @@ export interface TrainOptions {
   teacherEpochs?: number;
   studentEpochs?: number;
   batchSize?: number;
+  /** Learning rate of both phases (overridden per phase by teacherLr / studentLr). */
   lr?: number;
+  teacherLr?: number;
+  studentLr?: number;
   /** Share of the good training images held out for early stopping and calibration (default 0.15). */
   validationFraction?: number;
   /** Epochs without validation improvement before stopping (default 3). */
@@ -376,13 +379,14 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
   const split = splitTrainValidation(dataset, o.validationFraction ?? 0.15, seed, o.maxTrainImages);
   const batchSize = Math.min(o.batchSize ?? preset.training.batchSize, split.train.length);
   if (split.train.length < 2) throw new TrainingError(`dataset ${dataset.root} has ${split.train.length} training image(s) after holding out validation; at least 2 are needed`);
-  const adam: AdamOptions = { ...PAPER_ADAM, lr: o.lr ?? preset.training.lr, weightDecay: preset.training.weightDecay };
+  const teacherAdam: AdamOptions = { ...PAPER_ADAM, lr: o.teacherLr ?? o.lr ?? preset.training.teacherLr, weightDecay: preset.training.weightDecay };
+  const studentAdam: AdamOptions = { ...teacherAdam, lr: o.studentLr ?? o.lr ?? preset.training.studentLr };
   const teacherEpochs = o.teacherEpochs ?? preset.training.teacherEpochs;
   const studentEpochs = o.studentEpochs ?? preset.training.studentEpochs;
   const finetune = o.from ? (o.finetune ?? 'both') : 'both';
   const backboneHash = setup.backbone ? createHash('sha256').update(setup.backbone.bytes).digest('hex') : null;
   const dataKey = { root: dataset.root, train: split.train.map((s) => s.id), validation: split.validation.map((s) => s.id), backboneHash, params, input: setup.input, featureSize };
-  const runKey = featureSetKey({ dataKey, from: o.from ?? null, finetune, batchSize, adam, teacherEpochs, studentEpochs, seed, patience: o.patience ?? 3 });
+  const runKey = featureSetKey({ dataKey, from: o.from ?? null, finetune, batchSize, teacherAdam, studentAdam, teacherEpochs, studentEpochs, seed, patience: o.patience ?? 3 });
   const workDir = resolve(o.workDir ?? `${o.out}.work`);
   const ckptPath = checkpointPath(workDir);
   const runtime = o.runtime ?? {};
@@ -443,13 +447,13 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
     };
     const out = await runPhase({
       phase: 'teacher',
-      graph: buildTeacherTrainStep(params, teacher, stepShape, adam),
+      graph: buildTeacherTrainStep(params, teacher, stepShape, teacherAdam),
       initial: weightsMap(teacherSd),
       train: trainSet,
       targets: null,
       epochs: teacherEpochs,
       patience: o.patience ?? 3,
-      adam,
+      adam: teacherAdam,
       seed,
       validate: validateTeacher,
       resume,
@@ -486,13 +490,13 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
     };
     const out = await runPhase({
       phase: 'student',
-      graph: buildStudentTrainStep(params, student, stepShape, adam),
+      graph: buildStudentTrainStep(params, student, stepShape, studentAdam),
       initial: weightsMap(studentSd),
       train: trainSet,
       targets: zTrain,
       epochs: studentEpochs,
       patience: o.patience ?? 3,
-      adam,
+      adam: studentAdam,
       seed,
       validate: validateStudent,
       resume: resume?.meta.phase === 'student' ? resume : null,
@@ -554,7 +558,7 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
       createdAt: new Date().toISOString(),
       ...(o.from ? { from: o.from } : {}),
       dataset: `${dataset.root} (${dataset.layout}; ${split.train.length} train, ${split.validation.length} validation good images)`,
-      notes: `teacher epochs ≤${teacherEpochs}, student epochs ≤${studentEpochs}, batch ${batchSize}, lr ${adam.lr}, seed ${seed}${o.from ? `, fine-tuned: ${finetune}` : ''}`,
+      notes: `teacher epochs ≤${teacherEpochs}, student epochs ≤${studentEpochs}, batch ${batchSize}, lr ${teacherAdam.lr}/${studentAdam.lr}, seed ${seed}${o.from ? `, fine-tuned: ${finetune}` : ''}`,
     },
     metrics: {
       trainSeconds: Math.round(seconds),
