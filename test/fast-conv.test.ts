@@ -184,16 +184,17 @@ describe('Winograd teacher and student equal the reference (1e-4 relative)', () 
 describe('algorithm choice', () => {
   it('auto picks Winograd for wide 3×3/5×5 convs only', () => {
     expect(autoConvAlgorithm({ key: 'a', cin: 336, cout: 1024, kernel: 3 })).toBe('winograd');
-    expect(autoConvAlgorithm({ key: 'a', cin: 184, cout: 64, kernel: 5 })).toBe('winograd');
+    expect(autoConvAlgorithm({ key: 'a', cin: 152, cout: 64, kernel: 5 })).toBe('winograd');
+    expect(autoConvAlgorithm({ key: 'a', cin: 56, cout: 24, kernel: 3 })).toBe('direct');
     expect(autoConvAlgorithm({ key: 'a', cin: 10, cout: 8, kernel: 3 })).toBe('direct');
     expect(autoConvAlgorithm({ key: 'a', cin: 256, cout: 256, kernel: 1 })).toBe('direct');
   });
 
   it('builders use Winograd by default for wide inference nets, and direct Conv for training-style weight inputs', () => {
-    const student = initStudent({ inChannels: 40, outChannels: 8, width: 64, residualBlocks: 1, seed: 1 });
+    const student = initStudent({ inChannels: 64, outChannels: 64, width: 64, residualBlocks: 1, seed: 1 });
     const build = (withSource: boolean) => {
       const g = new Graph('s');
-      const x = g.input('x', 'float32', ['N', 40, 6, 6]);
+      const x = g.input('x', 'float32', ['N', 64, 6, 6]);
       buildStudentInference(g, x, student, {
         params: { leakySlope: 0.01, bnEps: 1e-5 },
         ...(withSource ? { weightSource: (key: string, t: HostTensor) => g.input(key.replace(/\./g, '_'), 'float32', t.dims) } : {}),
@@ -202,6 +203,22 @@ describe('algorithm choice', () => {
     };
     expect(build(false)).not.toContain('Conv');
     expect(build(true)).toContain('Conv');
+  });
+
+  it('a per-conv rule mixes Winograd and direct convs in one student (same result)', async () => {
+    const student = initStudent({ inChannels: 40, outChannels: 8, width: 48, residualBlocks: 1, seed: 3 });
+    const g = new Graph('mixed');
+    const x = g.input('x', 'float32', [2, 40, 7, 5]);
+    const p = { leakySlope: 0.01, bnEps: 1e-5 };
+    g.output(buildStudentInference(g, x, student, { params: p, convAlgorithm: 'direct' }), 'direct');
+    const mixed = buildStudentInference(g, x, student, {
+      params: p,
+      convAlgorithm: (site) => (site.key.startsWith('res') ? 'winograd' : 'direct'),
+      spatialSize: { height: 7, width: 5 },
+    });
+    g.output(mixed, 'mixed');
+    const out = await runGraph(g, { x: f32([2, 40, 7, 5], randn(2 * 40 * 35)) });
+    expect(maxRelativeError(out.mixed!.data, out.direct!.data)).toBeLessThan(2e-5);
   });
 
   it('infers the map size through concat and expand', () => {

@@ -49,7 +49,7 @@ describe('ONNX serialization and embedding', () => {
     const decoded = decodeModel(encodeModel(inner));
     expect(modelSignature(decoded)).toEqual({
       inputs: [{ name: 'x', dtype: 'float32', shape: ['N', 3] }],
-      outputs: [{ name: 'y', dtype: 'float32', shape: undefined }],
+      outputs: [{ name: 'y', dtype: 'float32', shape: ['N', 3] }],
     });
     const outer = new Graph('outer');
     const a = outer.input('a', 'float32', [1, 3]);

@@ -4,7 +4,8 @@
  *
  * A k×k convolution with stride 1 over an h×w map costs h·w·k² multiplies per (input, output) channel
  * pair; Winograd F(m, r) computes each m×m output tile from an α×α input tile (α = m + r − 1) with α²
- * multiplies, i.e. (α/m)² per output instead of r² — F(4, 3): 2.25 instead of 9 (4× fewer).
+ * multiplies, i.e. (α/m)² per output instead of r²: F(4, 3) 2.25 instead of 9 (4× fewer), F(6, 3) 1.78
+ * (5.1×), F(4, 5) 4 instead of 25 (6.25×).
  *
  *   Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A      per tile, summed over input channels
  *
@@ -19,11 +20,14 @@
  *   5. Aᵀ along αh, then along αw (per tile, K = α)
  *   6. transpose [m, m, tH, tW, N·Cout] → [tH·m, tW·m, N, Cout], crop, + bias
  * Padding (zero for the student, edge/replicate for the teacher) and odd sizes are folded into Th and
- * Tw, so no Pad node is needed; tiles that run past the output are computed and cropped.
+ * Tw, so no Pad node is needed; tiles that run past the output are computed and cropped. NCHW ↔ HWNC is
+ * one 2-D transpose (`toHWNC`, `fromHWNC`); networks stay channels-last between their convs.
  *
- * Accuracy: the transforms are exact in float64 and their entries are small integers (F(2,3), F(4,3))
- * or dyadic fractions; float32 evaluation lands within ~1e-6 relative of a direct convolution for
- * F(4, 3) (see test/fast-conv.test.ts).
+ * Accuracy (max |Winograd − Conv| / max |Conv|, float32, measured): F(4, 3) with the points
+ * {0, ±3/4, ±3/2} ~2–3e-6 over 1024 channels (the usual {0, ±1, ±2}: ~1e-5); F(6, 3) ~1.5e-5;
+ * F(4, 5) ~8e-6; whole paper-size student ~1.7e-6 (F(4, 3)) / ~9e-6 (F(6, 3)); teacher ~1.4e-6.
+ * Cost: load time — ONNX Runtime folds U on one thread, ~0.4 s per 1024×1024 conv for F(4, 3).
+ * On GPUs (cuDNN/TensorRT have their own Winograd and implicit-GEMM kernels) build with `direct`.
  */
 import { Graph, Value } from '../onnx/graph.js';
 import * as op from '../onnx/ops.js';
@@ -112,7 +116,8 @@ function polyFromRoots(roots: readonly number[]): number[] {
  * Polynomial product s = h·g evaluated at the points and interpolated (s = C[(V_m h) ⊙ (V_r g)]);
  * correlation is its transpose: Aᵀ = V_mᵀ, G = V_r, Bᵀ = Cᵀ, then row j of Bᵀ is multiplied and row j of
  * G divided by the Lagrange denominator f_j, which leaves Bᵀ (applied to data at run time) with the
- * integer coefficients of Π_{l≠j}(x − p_l) and moves every fraction into G (applied to weights once).
+ * coefficients of Π_{l≠j}(x − p_l) (integers or short dyadic fractions for the points used here) and moves
+ * every other fraction into G (applied to the weights once, in float64).
  */
 export function winogradMatrices(m: number, r: number, pointSet?: readonly number[]): WinogradMatrices {
   const alpha = m + r - 1;
@@ -147,16 +152,6 @@ export interface WinogradConvOptions {
   padding: SpatialPadding;
   /** Output tile m of F(m×m, k×k) (default: `defaultTile(k)`). */
   tile?: number;
-  /**
-   * How the α² channel products run: one batched MatMul (default), or α² MatMuls with 2-D constant
-   * weights that ONNX Runtime pre-packs at load (costs a Split and a Concat of the transformed data).
-   */
-  gemm?: 'batched' | 'split';
-  /**
-   * The column transform: a product then a transpose into [αh, αw, tiles…] (default), or one broadcast
-   * product that writes that layout directly (re-reads each row block α times).
-   */
-  columns?: 'transpose' | 'broadcast';
   /** Finite interpolation points (default: `defaultPoints(α)`). */
   points?: readonly number[];
   name?: string;
@@ -274,29 +269,14 @@ export function winogradConvHWNC(
   const tw = g.initializer(`${name}_Tw`, f32([alpha * tilesW, o.width], inputAxisMatrix(w, o.width, pad, o.padding, tilesW)));
   // 1. rows: [αh·tH, w·N·Cin]
   const rows = op.matmul(g, th, op.reshape(g, x, [o.height, -1]));
-  let v: Value;
-  if ((o.columns ?? 'transpose') === 'transpose') {
-    // 2. columns: [αh·tH, αw·tW, N·Cin]
-    const cols = op.matmul(g, tw, op.reshape(g, rows, [alpha * tilesH, o.width, -1]));
-    // 3. [αh, tH, αw, tW, N·Cin] → [αh, αw, tH, tW, N·Cin]
-    v = op.transpose(g, op.reshape(g, cols, [alpha, tilesH, alpha, tilesW, -1]), [0, 2, 1, 3, 4]);
-  } else {
-    // 2+3. one broadcast product straight into [αh, αw, tH, tW, N·Cin]:
-    //      Tw as [1, αw, 1, tW, w] times the rows as [αh, 1, tH, w, N·Cin]
-    const twB = op.reshape(g, tw, [1, alpha, 1, tilesW, o.width]);
-    v = op.matmul(g, twB, op.reshape(g, rows, [alpha, 1, tilesH, o.width, -1]));
-  }
+  // 2. columns: [αh·tH, αw·tW, N·Cin]
+  const cols = op.matmul(g, tw, op.reshape(g, rows, [alpha * tilesH, o.width, -1]));
+  // 3. [αh, tH, αw, tW, N·Cin] → [αh, αw, tH, tW, N·Cin] (moves blocks of N·Cin floats)
+  const v = op.transpose(g, op.reshape(g, cols, [alpha, tilesH, alpha, tilesW, -1]), [0, 2, 1, 3, 4]);
   const vs = op.reshape(g, v, [alpha * alpha, -1, cin]);
   const u = transformWeights(g, weight, w, name);
-  let mm: Value;
-  if ((o.gemm ?? 'batched') === 'batched') mm = op.matmul(g, vs, u);
-  else {
-    // α² products with 2-D constant weights, which ONNX Runtime packs once at load
-    const n = alpha * alpha;
-    const parts = op.split(g, vs, 0, new Array<number>(n).fill(1));
-    const us = op.split(g, u, 0, new Array<number>(n).fill(1)).map((ui) => op.reshape(g, ui, [cin, cout]));
-    mm = op.concat(g, parts.map((vi, i) => op.matmul(g, vi, us[i]!)), 0);
-  }
+  // 4. α² channel products [tiles·N, Cin] × [Cin, Cout]
+  const mm = op.matmul(g, vs, u);
   // 5. Aᵀ along αh then αw: [α, rest] → [m, rest]; [m, α, rest] → [m, m, rest]
   const at = g.initializer(`${name}_AT`, f32([m, alpha], flat(w.AT)));
   const outH = op.matmul(g, at, op.reshape(g, mm, [alpha, -1]));
@@ -415,12 +395,13 @@ export interface ConvSite {
 export type ConvAlgorithmOption = ConvAlgorithm | 'auto' | ((site: ConvSite) => ConvAlgorithm);
 
 /**
- * `auto`: Winograd for 3×3 and 5×5 convs whose channel product is large enough for the GEMMs to
- * dominate the transforms (measured on a 2-core AVX2 CPU, bench/detector.bench.ts), direct otherwise.
+ * `auto`: Winograd for 3×3 and 5×5 convs with enough channels for the channel products to dominate the
+ * transforms (Cin·Cout ≥ 64², both ≥ 32: every conv of the paper and edge presets), direct otherwise
+ * (tiny test networks keep plain Conv).
  */
 export function autoConvAlgorithm(site: ConvSite): ConvAlgorithm {
   if (site.kernel !== 3 && site.kernel !== 5) return 'direct';
-  return site.cin * site.cout >= 32 * 32 && Math.min(site.cin, site.cout) >= 16 ? 'winograd' : 'direct';
+  return site.cin * site.cout >= 64 * 64 && Math.min(site.cin, site.cout) >= 32 ? 'winograd' : 'direct';
 }
 
 export function resolveConvAlgorithm(option: ConvAlgorithmOption, site: ConvSite): ConvAlgorithm {
