@@ -3,7 +3,7 @@
  * preprocessing parameters the bundle was trained with.
  */
 import type { BundleManifest } from '../config/bundle-manifest.js';
-import { prepareDepth } from '../model/depth.js';
+import { prepareDepth, type PreparedDepth } from '../model/depth.js';
 import { f32 } from '../onnx/tensor.js';
 import type { DepthInputs } from './detector.js';
 
@@ -11,6 +11,23 @@ export interface RawDepthFrame {
   z: Float32Array;
   height: number;
   width: number;
+}
+
+/** One raw z map prepared with the bundle's depth parameters, at 8× its feature size. */
+export function prepareDepthFor(manifest: Pick<BundleManifest, 'model' | 'featureSize'>, f: RawDepthFrame): PreparedDepth {
+  const d = manifest.model.depth;
+  if (!d) throw new Error(`a ${manifest.model.mode} model takes no depth`);
+  const { height: h, width: w } = manifest.featureSize;
+  return prepareDepth(f.z, f.height, f.width, {
+    fillIterations: d.gapFillIterations,
+    threshold: d.foregroundThreshold,
+    dilation: d.dilation,
+    cornerSize: d.cornerSize,
+    background: d.background,
+    featureStride: d.unshuffle,
+    depthScale: d.depthScale,
+    outputSize: { height: h * d.unshuffle, width: w * d.unshuffle },
+  });
 }
 
 export function depthInputsFor(manifest: BundleManifest, frames: readonly RawDepthFrame[]): DepthInputs {
@@ -22,16 +39,7 @@ export function depthInputsFor(manifest: BundleManifest, frames: readonly RawDep
   const depth = new Float32Array(frames.length * outH * outW);
   const mask = new Float32Array(frames.length * h * w);
   frames.forEach((f, i) => {
-    const p = prepareDepth(f.z, f.height, f.width, {
-      fillIterations: d.gapFillIterations,
-      threshold: d.foregroundThreshold,
-      dilation: d.dilation,
-      cornerSize: d.cornerSize,
-      background: d.background,
-      featureStride: d.unshuffle,
-      depthScale: d.depthScale,
-      outputSize: { height: outH, width: outW },
-    });
+    const p = prepareDepthFor(manifest, f);
     depth.set(p.depth, i * outH * outW);
     mask.set(p.featureMask, i * h * w);
   });

@@ -7,7 +7,7 @@ import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { BundleManifest } from '../config/bundle-manifest.js';
-import { prepareDepth } from '../model/depth.js';
+import { prepareDepthFor } from '../runtime/depth-inputs.js';
 import { decodeDepth, decodeRgb, type Sample } from './datasets/index.js';
 
 export interface FeatureSet {
@@ -34,20 +34,8 @@ export function featureSetKey(parts: unknown): string {
 }
 
 async function depthFor(sample: Sample, ctx: FeatureContext): Promise<{ unshuffled: Float32Array; mask: Float32Array }> {
-  const d = ctx.manifest.model.depth!;
   if (!sample.depth) throw new Error(`sample ${sample.id} has no depth file, which mode ${ctx.manifest.model.mode} needs`);
-  const raw = await decodeDepth(sample.depth);
-  const { height: h, width: w } = ctx.manifest.featureSize;
-  const p = prepareDepth(raw.z, raw.height, raw.width, {
-    fillIterations: d.gapFillIterations,
-    threshold: d.foregroundThreshold,
-    dilation: d.dilation,
-    cornerSize: d.cornerSize,
-    background: d.background,
-    featureStride: d.unshuffle,
-    depthScale: d.depthScale,
-    outputSize: { height: h * d.unshuffle, width: w * d.unshuffle },
-  });
+  const p = prepareDepthFor(ctx.manifest, await decodeDepth(sample.depth));
   return { unshuffled: p.unshuffled, mask: p.featureMask };
 }
 
