@@ -50,13 +50,19 @@ async function crop(file: string, left: number, top: number, size: number): Prom
 export async function demoCommand(version: string, logger: Logger): Promise<void> {
   const dir = join(defaultBackboneCacheDir(), 'demo-edge-bundle');
   if (!existsSync(join(dir, 'manifest.json'))) await demoBundle(dir, version);
-  const bundle = await readBundle(dir);
+  let bundle = await readBundle(dir);
+  // A bundle cached by an older version with other backbone layers is rebuilt.
+  const layers = bundle.manifest.backbone?.outputs.map((o) => o.layer ?? '') ?? [];
+  if (layers.join(',') !== PRESETS.edge.backbone.layers.join(',')) {
+    await demoBundle(dir, version);
+    bundle = await readBundle(dir);
+  }
   const { width: size } = bundle.manifest.input;
   for (const t of TEXTURES) {
     if (!existsSync(t.file)) throw new Error(`demo image ${t.file} is missing: run deploy/setup.sh (package python3-skimage)`);
   }
   const detector = await Detector.load(bundle, 'detector', { intraOpThreads: 0 }, logger);
-  console.log(`demo: bundle ${bundle.manifest.id} (${bundle.manifest.preset} preset, untrained — train one with ast-agent train when available)`);
+  console.log(`demo: bundle ${bundle.manifest.id} (${bundle.manifest.preset} preset, untrained weights — `ast-agent train` makes a real one)`);
   console.log(`demo: scoring ${size}×${size} crops of CC0 textures on ${detector.provider}`);
   const parts: Uint8Array[] = [];
   let seq = 0;
