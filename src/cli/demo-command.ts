@@ -62,7 +62,7 @@ export async function demoCommand(version: string, logger: Logger): Promise<void
     if (!existsSync(t.file)) throw new Error(`demo image ${t.file} is missing: run deploy/setup.sh (package python3-skimage)`);
   }
   const detector = await Detector.load(bundle, 'detector', { intraOpThreads: 0 }, logger);
-  console.log(`demo: bundle ${bundle.manifest.id} (${bundle.manifest.preset} preset, untrained weights — `ast-agent train` makes a real one)`);
+  console.log(`demo: bundle ${bundle.manifest.id} (${bundle.manifest.preset} preset, untrained weights: ast-agent train makes a real one)`);
   console.log(`demo: scoring ${size}×${size} crops of CC0 textures on ${detector.provider}`);
   const parts: Uint8Array[] = [];
   let seq = 0;
