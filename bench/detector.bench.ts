@@ -21,7 +21,10 @@
  * FLOPs are counted from the conv shapes as a direct convolution does them (2·MACs), so a fast algorithm
  * shows as "effective" GFLOP/s, possibly above the MatMul peak.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { readFile, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -97,7 +100,8 @@ if (flags.help) {
   --budget S           stop timing a case after S seconds per algorithm once 3 runs are in (default 40; --quick 12)
                        (the algorithms of a case are timed round-robin, so background load hits all alike)
   --peak-reps N        MatMul peak: best of N (default 10)
-  --torch on|off       also time PyTorch (tools/reference/ast_reference.py) at the paper shapes (default on)
+  --torch on|off       also time PyTorch (tools/reference/ast_reference.py) at the paper shapes, interleaved
+                       with the ONNX Runtime runs of the same case (default on)
   --quick              fewer runs
   --json FILE          write every figure as JSON`);
   process.exit(0);
@@ -181,24 +185,46 @@ async function time(session: ort.InferenceSession, feeds: Record<string, ort.Ten
   return { medianMs: median(runsMs), minMs: Math.min(...runsMs), runsMs, outputs };
 }
 
-/** Warm-up for each session, then timed runs in turn until each has `reps` (or the budget is spent). */
-async function timeRoundRobin(sessions: ort.InferenceSession[], feeds: Record<string, ort.Tensor>): Promise<Timing[]> {
-  const outputs: ort.InferenceSession.ReturnType[] = [];
-  for (const s of sessions) {
-    let out = await s.run(feeds);
-    for (let i = 1; i < warmup; i++) out = await s.run(feeds);
-    outputs.push(out);
-  }
-  const runs = sessions.map(() => [] as number[]);
-  const start = performance.now();
-  while (runs[0]!.length < reps && (runs[0]!.length < 3 || performance.now() - start < budgetMs * sessions.length)) {
-    for (let i = 0; i < sessions.length; i++) {
+/** Something timed in the round-robin: an ONNX Runtime session or the PyTorch server. */
+interface Runner {
+  /** Untimed runs; returns the outputs of the last one (ORT) or undefined. */
+  warm(): Promise<ort.InferenceSession.ReturnType | undefined>;
+  /** One timed run, in ms. */
+  run(): Promise<number>;
+}
+
+function ortRunner(session: ort.InferenceSession, feeds: Record<string, ort.Tensor>): Runner {
+  return {
+    async warm() {
+      let out = await session.run(feeds);
+      for (let i = 1; i < warmup; i++) out = await session.run(feeds);
+      return out;
+    },
+    async run() {
       const t = performance.now();
-      await sessions[i]!.run(feeds);
-      runs[i]!.push(performance.now() - t);
-    }
+      await session.run(feeds);
+      return performance.now() - t;
+    },
+  };
+}
+
+interface RoundRobinTiming {
+  medianMs: number;
+  minMs: number;
+  runsMs: number[];
+  outputs: ort.InferenceSession.ReturnType | undefined;
+}
+
+/** Warm-up for each runner, then timed runs in turn until each has `reps` (or the budget is spent). */
+async function timeRoundRobin(runners: Runner[]): Promise<RoundRobinTiming[]> {
+  const outputs: (ort.InferenceSession.ReturnType | undefined)[] = [];
+  for (const r of runners) outputs.push(await r.warm());
+  const runs = runners.map(() => [] as number[]);
+  const start = performance.now();
+  while (runs[0]!.length < reps && (runs[0]!.length < 3 || performance.now() - start < budgetMs * runners.length)) {
+    for (let i = 0; i < runners.length; i++) runs[i]!.push(await runners[i]!.run());
   }
-  return runs.map((r, i) => ({ medianMs: median(r), minMs: Math.min(...r), runsMs: r, outputs: outputs[i]! }));
+  return runs.map((r, i) => ({ medianMs: median(r), minMs: Math.min(...r), runsMs: r, outputs: outputs[i] }));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -425,23 +451,50 @@ function torchAvailable(): boolean {
   return r.status === 0;
 }
 
-function runTorch(torchModels: string[]): { version: string; results: TorchResult[] } | undefined {
-  if (torchModels.length === 0) return undefined;
-  const out = execFileSync(
-    '/usr/bin/python3',
-    [
-      'bench/torch_reference.py',
-      '--threads', String(threads),
-      '--batches', batches.join(','),
-      '--models', torchModels.join(','),
-      '--reps', String(reps),
-      '--warmup', String(Math.max(1, warmup - 1)),
-      '--budget', String(budgetMs / 1000),
-    ],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 },
-  );
-  const parsed = JSON.parse(out.trim().split('\n').pop()!) as { torch: string; results: TorchResult[] };
-  return { version: parsed.torch, results: parsed.results };
+/**
+ * bench/torch_reference.py --serve: PyTorch runs interleaved with the ONNX Runtime runs of the same case
+ * (the server times each forward itself; one JSON line per request).
+ */
+class TorchServer {
+  version = '';
+  private readonly proc: ChildProcessByStdio<Writable, Readable, null>;
+  private readonly pending: ((line: string) => void)[] = [];
+
+  constructor() {
+    const script = fileURLToPath(new URL('./torch_reference.py', import.meta.url));
+    this.proc = spawn('/usr/bin/python3', [script, '--serve', '--threads', String(threads)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    createInterface({ input: this.proc.stdout }).on('line', (line) => this.pending.shift()?.(line));
+  }
+
+  private async request(msg: object): Promise<Record<string, unknown>> {
+    const reply = new Promise<string>((resolve) => this.pending.push(resolve));
+    this.proc.stdin.write(`${JSON.stringify(msg)}\n`);
+    const parsed = JSON.parse(await reply) as Record<string, unknown>;
+    if (parsed.error) throw new Error(`torch server: ${String(parsed.error)}`);
+    return parsed;
+  }
+
+  /** Builds the model and inputs for a batch (untimed); returns a runner that times one forward. */
+  async prepare(model: string, batch: number): Promise<Runner> {
+    let prepared = false;
+    return {
+      warm: async () => {
+        const r = await this.request({ cmd: 'prepare', model, batch, warmup: Math.max(1, warmup) });
+        this.version = String(r.torch);
+        prepared = true;
+        return undefined;
+      },
+      run: async () => {
+        if (!prepared) throw new Error('torch runner used before warm()');
+        return Number((await this.request({ cmd: 'run' })).ms);
+      },
+    };
+  }
+
+  close(): void {
+    this.proc.stdin.write(`${JSON.stringify({ cmd: 'quit' })}\n`);
+    this.proc.stdin.end();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -527,6 +580,12 @@ async function main() {
 
   const cases = await makeCases();
   const rows: Row[] = [];
+  const torchResults: TorchResult[] = [];
+  let torchServer: TorchServer | undefined;
+  if (flags.torch !== 'off' && models.some((m) => TORCH_MODEL[m])) {
+    if (torchAvailable()) torchServer = new TorchServer();
+    else console.log('PyTorch: /usr/bin/python3 cannot import torch — skipped');
+  }
   for (const c of cases) {
     for (const batch of batches) {
       // Every algorithm of a case is loaded first, then timed round-robin, so background load on a
@@ -541,11 +600,19 @@ async function main() {
         variants.push({ algo, session, loadMs, built });
       }
       const feeds = variants[0]!.built.feeds(batch);
-      const timings = await timeRoundRobin(variants.map((v) => v.session), feeds);
+      const runners = variants.map((v) => ortRunner(v.session, feeds));
+      const torchModel = TORCH_MODEL[c.id];
+      if (torchServer && torchModel) runners.push(await torchServer.prepare(torchModel, batch));
+      const timings = await timeRoundRobin(runners);
+      if (torchServer && torchModel) {
+        const t = timings[variants.length]!;
+        torchResults.push({ model: torchModel, batch, ms: t.runsMs });
+        console.log(`  ${c.id} N=${batch} PyTorch: ${t.medianMs.toFixed(1)} ms (min ${t.minMs.toFixed(1)}, ${t.runsMs.length} runs)`);
+      }
       let directOut: Float32Array | undefined;
       variants.forEach((v, i) => {
         const t = timings[i]!;
-        const out = t.outputs[v.built.checkOutput]!.data as Float32Array;
+        const out = t.outputs![v.built.checkOutput]!.data as Float32Array;
         if (v.algo === 'direct') directOut = out;
         const gflop = (c.flopsPerImage * batch) / 1e9;
         const row: Row = {
@@ -578,15 +645,8 @@ async function main() {
   console.log(`MatMul peak again at the end: ${peakEnd.gflops.toFixed(1)} GFLOP/s; using the better: ${peak.toFixed(1)} GFLOP/s`);
   for (const r of rows) r.peakFraction = r.gflops / peak;
 
-  // PyTorch at the paper shapes
-  let torch: { version: string; results: TorchResult[] } | undefined;
-  const torchModels = [...new Set(models.map((m) => TORCH_MODEL[m]).filter((m): m is string => !!m))];
-  if (flags.torch !== 'off' && torchModels.length > 0) {
-    if (torchAvailable()) {
-      console.log(`PyTorch (${torchModels.join(', ')}) …`);
-      torch = runTorch(torchModels);
-    } else console.log('PyTorch: /usr/bin/python3 cannot import torch — skipped');
-  }
+  torchServer?.close();
+  const torch = torchServer ? { version: torchServer.version, results: torchResults } : undefined;
   for (const r of rows) {
     const tm = TORCH_MODEL[r.model];
     const tr = torch?.results.find((x) => x.model === tm && x.batch === r.batch);
