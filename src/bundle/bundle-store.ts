@@ -4,11 +4,12 @@
  * with zod and every file's sha256, so a half-written or tampered bundle is never loaded.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile, readdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, stat, writeFile, readdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve, basename } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import * as tar from 'tar';
+import { replaceFolderAtomically } from '../storage/atomic-folder.js';
 import {
   BundleManifestSchema,
   describeIssues,
@@ -52,26 +53,13 @@ export async function writeBundle(dir: string, draft: ManifestDraft, files: Reco
   const parsed = BundleManifestSchema.safeParse({ ...draft, files: entries });
   if (!parsed.success) throw new BundleError(`refusing to write an invalid bundle manifest: ${describeIssues(parsed.error)}`, target);
   const manifest = parsed.data;
-  await mkdir(dirname(target), { recursive: true });
-  const staging = await mkdtemp(join(dirname(target), `.tmp-${basename(target)}-`));
-  try {
+  await replaceFolderAtomically(target, async (staging) => {
     for (const [name, bytes] of Object.entries(files)) {
       await mkdir(dirname(join(staging, name)), { recursive: true });
       await writeFile(join(staging, name), bytes);
     }
     await writeFile(join(staging, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
-    if (existsSync(target)) {
-      const old = `${target}.old-${process.pid}-${Date.now()}`;
-      await rename(target, old);
-      await rename(staging, target);
-      await rm(old, { recursive: true, force: true });
-    } else {
-      await rename(staging, target);
-    }
-  } catch (e) {
-    await rm(staging, { recursive: true, force: true });
-    throw e;
-  }
+  });
   return manifest;
 }
 

@@ -3,8 +3,9 @@
  * one deterministic order on every machine), bounded parallelism, and atomic tree writes.
  */
 import { constants } from 'node:fs';
-import { access, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { access, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { replaceFolderAtomically } from '../../storage/atomic-folder.js';
 import { DatasetError, describeCause } from './errors.js';
 
 /**
@@ -84,17 +85,5 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
  * without error and trains on a fraction of the images. An existing `out` is replaced.
  */
 export async function writeTreeAtomically<R>(out: string, build: (staging: string) => Promise<R>): Promise<R> {
-  const target = resolve(out);
-  const staging = join(dirname(target), `.${basename(target)}.partial-${process.pid}`);
-  await rm(staging, { recursive: true, force: true });
-  await mkdir(staging, { recursive: true });
-  try {
-    const result = await build(staging);
-    await rm(target, { recursive: true, force: true });
-    await rename(staging, target);
-    return result;
-  } catch (e) {
-    await rm(staging, { recursive: true, force: true });
-    throw e;
-  }
+  return replaceFolderAtomically(out, build, { mode: 0o755 });
 }

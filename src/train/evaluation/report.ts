@@ -17,8 +17,9 @@
  * dropped, except the few worst cases' maps, which are kept for their overlays.
  */
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { replaceFolderAtomically } from '../../storage/atomic-folder.js';
 import sharp from 'sharp';
 import { z } from 'zod';
 import { CalibrationSchema, type Calibration } from '../../config/bundle-manifest.js';
@@ -438,25 +439,15 @@ async function writeFolder(dir: string, files: Map<string, Uint8Array | string>,
       throw new EvaluationError(`refusing to replace ${target}: it is not empty and holds no metrics.json (not a report folder)`, 'dir');
     }
   }
-  await mkdir(dirname(target), { recursive: true });
-  const staging = await mkdtemp(join(dirname(target), `.tmp-${basename(target)}-`));
-  try {
-    for (const [name, bytes] of files) {
-      await mkdir(dirname(join(staging, name)), { recursive: true });
-      await writeFile(join(staging, name), bytes);
-    }
-    await writeFile(join(staging, 'metrics.json'), metricsJson);
-    await chmod(staging, 0o755); // mkdtemp makes it private; a report is meant to be read by others
-    if (existsSync(target)) {
-      const old = `${target}.old-${process.pid}-${Date.now()}`;
-      await rename(target, old);
-      await rename(staging, target);
-      await rm(old, { recursive: true, force: true });
-    } else {
-      await rename(staging, target);
-    }
-  } catch (e) {
-    await rm(staging, { recursive: true, force: true });
-    throw e;
-  }
+  await replaceFolderAtomically(
+    target,
+    async (staging) => {
+      for (const [name, bytes] of files) {
+        await mkdir(dirname(join(staging, name)), { recursive: true });
+        await writeFile(join(staging, name), bytes);
+      }
+      await writeFile(join(staging, 'metrics.json'), metricsJson);
+    },
+    { mode: 0o755 }, // a report is meant to be read by others
+  );
 }
