@@ -278,10 +278,11 @@ async function runPhase(a: PhaseArgs): Promise<{ weights: Map<string, HostTensor
   const xb = new Float32Array(batch * per);
   const tb = a.targets ? new Float32Array(batch * per) : undefined;
   const mb = a.train.mask ? new Float32Array(batch * plane) : undefined;
-  const checkpoint = async () => {
+  /** Saves the state with `batchesDone` batches of the current epoch behind it. */
+  const checkpoint = async (batchesDone: number) => {
     const st = runner.state();
     await a.save({
-      meta: { runKey: a.runKey, phase: a.phase, epoch, batchInEpoch, step: st.step, bestValidation: best, epochsWithoutImprovement: stale, history: a.history },
+      meta: { runKey: a.runKey, phase: a.phase, epoch, batchInEpoch: batchesDone, step: st.step, bestValidation: best, epochsWithoutImprovement: stale, history: a.history },
       state: st,
       best: bestWeights,
     });
@@ -304,11 +305,7 @@ async function runPhase(a: PhaseArgs): Promise<{ weights: Map<string, HostTensor
         lossSum += loss;
         lossCount++;
         a.progress.update({ phase: a.phase, epoch: epoch + 1, epochs: a.epochs, step: runner.step, steps: totalSteps, loss });
-        if (runner.step % a.checkpointEvery === 0) {
-          batchInEpoch++;
-          await checkpoint();
-          batchInEpoch--;
-        }
+        if (runner.step % a.checkpointEvery === 0) await checkpoint(batchInEpoch + 1);
       }
       const weights = runner.weights();
       const validation = await a.validate(weights);
@@ -325,7 +322,7 @@ async function runPhase(a: PhaseArgs): Promise<{ weights: Map<string, HostTensor
       } else stale++;
       epoch++;
       batchInEpoch = 0;
-      await checkpoint();
+      await checkpoint(0);
     }
     if (stale >= a.patience) a.progress.message(`${a.phase}: stopped early after ${epoch} epochs (no validation improvement for ${a.patience})`);
     const finalWeights = bestWeights ?? new Map([...runner.weights()].map(([k, v]) => [k, v.data]));
@@ -386,7 +383,8 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
   const finetune = o.from ? (o.finetune ?? 'both') : 'both';
   const backboneHash = setup.backbone ? createHash('sha256').update(setup.backbone.bytes).digest('hex') : null;
   const dataKey = { root: dataset.root, train: split.train.map((s) => s.id), validation: split.validation.map((s) => s.id), backboneHash, params, input: setup.input, featureSize };
-  const runKey = featureSetKey({ dataKey, from: o.from ?? null, finetune, batchSize, teacherAdam, studentAdam, teacherEpochs, studentEpochs, seed, patience: o.patience ?? 3 });
+  const patience = o.patience ?? 3;
+  const runKey = featureSetKey({ dataKey, from: o.from ?? null, finetune, batchSize, teacherAdam, studentAdam, teacherEpochs, studentEpochs, seed, patience });
   const workDir = resolve(o.workDir ?? `${o.out}.work`);
   const ckptPath = checkpointPath(workDir);
   const runtime = o.runtime ?? {};
@@ -429,6 +427,18 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
   const shapeOf = (sd: Map<string, HostTensor>) => new Map([...sd].map(([k, t]) => [k, [...t.dims]]));
   const stepShape = { batch: batchSize, channels: trainSet.channels, height: featureSize.height, width: featureSize.width, masked: params.depthChannels > 0 };
   const evalShape = { channels: trainSet.channels, height: featureSize.height, width: featureSize.width, masked: params.depthChannels > 0 };
+  /** What both phases share: data, stopping rule, checkpointing, reporting. */
+  const phaseCommon = {
+    train: trainSet,
+    patience,
+    seed,
+    checkpointEvery: o.checkpointEvery ?? 50,
+    runKey,
+    history,
+    runtime,
+    progress,
+    logger,
+  };
 
   // Teacher: maximum likelihood.
   let teacher = setup.teacher;
@@ -449,21 +459,13 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
       phase: 'teacher',
       graph: buildTeacherTrainStep(params, teacher, stepShape, teacherAdam),
       initial: weightsMap(teacherSd),
-      train: trainSet,
       targets: null,
       epochs: teacherEpochs,
-      patience: o.patience ?? 3,
       adam: teacherAdam,
-      seed,
       validate: validateTeacher,
       resume,
       save: (c) => saveCheckpoint(ckptPath, { ...c, teacher: null }, shapeOf(teacherSd)),
-      checkpointEvery: o.checkpointEvery ?? 50,
-      runKey,
-      history,
-      runtime,
-      progress,
-      logger,
+      ...phaseCommon,
     });
     teacher = teacherFromStateDict(withValues(teacherSd, out.weights));
     teacherNll = out.best;
@@ -492,21 +494,13 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
       phase: 'student',
       graph: buildStudentTrainStep(params, student, stepShape, studentAdam),
       initial: weightsMap(studentSd),
-      train: trainSet,
       targets: zTrain,
       epochs: studentEpochs,
-      patience: o.patience ?? 3,
       adam: studentAdam,
-      seed,
       validate: validateStudent,
       resume: resume?.meta.phase === 'student' ? resume : null,
       save: (c) => saveCheckpoint(ckptPath, { ...c, teacher: teacherState }, shapeOf(studentSd)),
-      checkpointEvery: o.checkpointEvery ?? 50,
-      runKey,
-      history,
-      runtime,
-      progress,
-      logger,
+      ...phaseCommon,
     });
     student = studentFromStateDict(withValues(studentSd, out.weights));
     studentLoss = out.best;
