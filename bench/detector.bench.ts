@@ -76,6 +76,7 @@ const { values: flags } = parseArgs({
     warmup: { type: 'string' },
     budget: { type: 'string' },
     'peak-reps': { type: 'string' },
+    'gap-ms': { type: 'string', default: '50' },
     torch: { type: 'string', default: 'on' },
     quick: { type: 'boolean', default: false },
     json: { type: 'string' },
@@ -100,6 +101,7 @@ if (flags.help) {
   --budget S           stop timing a case after S seconds per algorithm once 3 runs are in (default 40; --quick 12)
                        (the algorithms of a case are timed round-robin, so background load hits all alike)
   --peak-reps N        MatMul peak: best of N (default 10)
+  --gap-ms MS          idle pause before each timed run, so the previous runner's spinning threads sleep (default 50)
   --torch on|off       also time PyTorch (tools/reference/ast_reference.py) at the paper shapes, interleaved
                        with the ONNX Runtime runs of the same case (default on)
   --quick              fewer runs
@@ -114,6 +116,7 @@ const reps = Number(flags.reps ?? (quick ? 3 : 7));
 const warmup = Number(flags.warmup ?? (quick ? 1 : 2));
 const budgetMs = 1000 * Number(flags.budget ?? (quick ? 12 : 40));
 const peakReps = Number(flags['peak-reps'] ?? (quick ? 5 : 10));
+const gapMs = Number(flags['gap-ms']);
 const batches = flags.batches.split(',').map(Number);
 const models = (flags.only ? flags.only.split(',') : [...ALL_MODELS]) as ModelId[];
 for (const m of models) if (!ALL_MODELS.includes(m)) throw new Error(`unknown model ${m}; one of ${ALL_MODELS.join(', ')}`);
@@ -222,7 +225,12 @@ async function timeRoundRobin(runners: Runner[]): Promise<RoundRobinTiming[]> {
   const runs = runners.map(() => [] as number[]);
   const start = performance.now();
   while (runs[0]!.length < reps && (runs[0]!.length < 3 || performance.now() - start < budgetMs * runners.length)) {
-    for (let i = 0; i < runners.length; i++) runs[i]!.push(await runners[i]!.run());
+    for (let i = 0; i < runners.length; i++) {
+      // a pause first: spin-waiting worker threads of the previous runner (ORT pools, PyTorch's OpenMP)
+      // go back to sleep instead of competing with this one
+      if (gapMs > 0) await new Promise((resolve) => setTimeout(resolve, gapMs));
+      runs[i]!.push(await runners[i]!.run());
+    }
   }
   return runs.map((r, i) => ({ medianMs: median(r), minMs: Math.min(...r), runsMs: r, outputs: outputs[i] }));
 }

@@ -57,8 +57,9 @@ export interface TeacherBuildOptions {
   weightSource?: WeightSource;
   /**
    * How the subnets' convolutions are computed: `direct` (Pad + ONNX Conv), `winograd` (src/model/fast-conv.ts:
-   * F(4×4, 3×3) / F(2×2, 5×5) as MatMuls with the edge padding folded in), `auto` (Winograd for convs wide
-   * enough to gain, when the weights are baked in and the map size is known), or a per-conv rule.
+   * F(6×6, 3×3) / F(4×4, 5×5) as MatMuls with the edge padding folded in; the forward flow then runs its
+   * couplings channels-last), `auto` (Winograd for convs wide enough to gain, when the weights are baked in
+   * and the map size is known), or a per-conv rule.
    * Unset: `defaultConvAlgorithm()` (normally `auto`). Training graphs (`weightSource`) resolve `auto` to direct.
    */
   convAlgorithm?: ConvAlgorithmOption;
