@@ -3,7 +3,8 @@
  * (write a temp file, fsync, rename, fsync the folder), so a crash or power cut at any moment leaves the
  * previous complete checkpoint in place.
  */
-import { open, readFile, rename, rm, mkdir } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
+import { writeFileAtomically } from '../storage/atomic-file.js';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { decodeSafetensors, encodeSafetensors } from '../formats/safetensors.js';
@@ -34,15 +35,6 @@ export interface Checkpoint {
   teacher: Map<string, HostTensor> | null;
 }
 
-async function fsyncPath(path: string, flags: string): Promise<void> {
-  const fh = await open(path, flags);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 export async function saveCheckpoint(path: string, c: Checkpoint, shapes: Map<string, number[]>): Promise<void> {
   const tensors = new Map<string, HostTensor>();
   const put = (prefix: string, m: Map<string, Float32Array>) => {
@@ -54,17 +46,7 @@ export async function saveCheckpoint(path: string, c: Checkpoint, shapes: Map<st
   if (c.best) put('best/', c.best);
   if (c.teacher) for (const [k, v] of c.teacher) tensors.set(`teacher/${k}`, v);
   const bytes = encodeSafetensors(tensors, { meta: JSON.stringify({ ...c.meta, step: c.state.step }) });
-  await mkdir(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.writeFile(bytes);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-  await fsyncPath(dirname(path), 'r');
+  await writeFileAtomically(path, bytes);
 }
 
 export async function loadCheckpoint(path: string): Promise<Checkpoint | null> {
