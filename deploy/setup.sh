@@ -16,6 +16,9 @@ APT_PACKAGES=(
   build-essential python3
   # a real MQTT broker (tests start their own)
   mosquitto
+  # systemd-notify (the agent's sd_notify sender; its test listens with python3) and systemd-analyze
+  # (unit check); present on any systemd machine, missing from minimal container images
+  systemd
   # real images: CC0 textures (skimage data) and Fashion-MNIST
   python3-skimage dataset-fashion-mnist
 )

@@ -83,7 +83,7 @@ export const DepthSourceSchema = sourceUnion({
     .enum(['time', 'order'])
     .default('time')
     .describe('time: pair by arrival (live cameras); order: by frame index (file sources, where arrival times say nothing).'),
-  /** Metres per 16-bit depth unit (0.001 for millimetre depth maps); 0 means no measurement. */
+  /** Metres per 16-bit depth unit (0.001 for millimetre depth maps); a pixel value of 0 is "no measurement". */
   metresPerUnit: z.number().positive().default(0.001),
 });
 export type DepthSource = z.infer<typeof DepthSourceSchema>;
