@@ -44,6 +44,26 @@ export class AgentMetrics {
     this.publishFailures = new Counter({ name: 'ast_publish_failures_total', help: 'Results a sink could not hand on', labelNames: ['sink'], registers: [r] });
   }
 
+  /** The same counts as plain numbers, readable synchronously (MQTT metrics, Sparkplug, status). */
+  readonly tally = { frames: 0, inspected: 0, pass: 0, reject: 0, error: 0, dropped: 0, unpaired: 0 };
+
+  countFrame(stream: 'colour' | 'inspected'): void {
+    this.frames.inc({ stream });
+    if (stream === 'colour') this.tally.frames++;
+    else this.tally.inspected++;
+  }
+
+  countDrop(reason: string): void {
+    this.framesDropped.inc({ reason });
+    if (reason.startsWith('unpaired')) this.tally.unpaired++;
+    else if (reason !== 'skipped') this.tally.dropped++;
+  }
+
+  countVerdict(verdict: 'pass' | 'reject' | 'error'): void {
+    this.inspections.inc({ verdict });
+    this.tally[verdict]++;
+  }
+
   setModel(id: string, version: string, provider: string): void {
     this.modelInfo.reset();
     this.modelInfo.set({ id, version, provider }, 1);

@@ -20,6 +20,12 @@ export interface Frame {
   capturedAtWall: number;
   /** 0,1,2… per source since it was created (not reset by reconnects). */
   index: number;
+  /**
+   * The frame's name when the source knows one: a folder source's image file name (it reads them in
+   * order without skipping, so the n-th frame of a run is the n-th image). Continuous inspection uses
+   * it as the part id, so a replayed folder gives results keyed by file.
+   */
+  label?: string;
 }
 
 export function bytesPerPixel(format: PixelFormat): number {

@@ -22,6 +22,7 @@
  */
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { StreamSource } from '../config/agent-schema.js';
 import { CameraError } from './camera-error.js';
@@ -309,6 +310,9 @@ export class GstFrameSource {
   private backoffMs: number;
   private runner: NativeRunner | undefined;
   private staging: StagingFolder | undefined;
+  /** A folder source's images in read order, and frames of the current run (labels frames by file). */
+  private runFiles: string[] | undefined;
+  private runFrames = 0;
   private run: Run | null = null;
   private teardown: Promise<void> = Promise.resolve();
   private retryTimer: NodeJS.Timeout | undefined;
@@ -414,6 +418,8 @@ export class GstFrameSource {
     try {
       const images = this.prepareInput();
       if (images?.count !== undefined) this.current.images = images.count;
+      this.runFiles = images?.files;
+      this.runFrames = 0;
       const launch = buildLaunchString(this.source, this.output, images);
       if (this.runner?.launch !== launch) {
         this.logger?.debug({ launch }, 'building pipeline');
@@ -478,6 +484,9 @@ export class GstFrameSource {
       return;
     }
     const frame: Frame = { format, width, height, data, capturedAt, capturedAtWall, index: this.nextIndex++ };
+    const files = this.runFiles;
+    if (files && files.length > 0) frame.label = path.basename(files[this.runFrames % files.length]!);
+    this.runFrames++;
     this.current.frames++;
     this.current.lastFrameAt = capturedAt;
     if (!run.gotFrame) {

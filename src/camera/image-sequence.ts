@@ -20,6 +20,8 @@ export interface ImageSequence {
   codec: ImageCodec;
   /** Number of images (folders only; unknown for patterns). */
   count?: number;
+  /** The images in the order multifilesrc reads them (folders only). */
+  files?: string[];
 }
 
 const CODEC_BY_EXTENSION: Record<string, ImageCodec> = { '.png': 'png', '.jpg': 'jpeg', '.jpeg': 'jpeg' };
@@ -123,7 +125,7 @@ export class StagingFolder {
     files.forEach((file, index) => {
       fs.symlinkSync(file, path.join(this.folder!, `${String(index).padStart(6, '0')}${extension}`));
     });
-    return { pattern: path.join(this.folder, `%06d${extension}`), startIndex: 0, codec, count: files.length };
+    return { pattern: path.join(this.folder, `%06d${extension}`), startIndex: 0, codec, count: files.length, files };
   }
 
   dispose(): void {

@@ -139,6 +139,7 @@ export function buildProgram(): Command {
     .option('--teacher-hidden <n>', 'hidden channels of the teacher subnets', int('--teacher-hidden'))
     .option('--student-width <n>', 'student width', int('--student-width'))
     .option('--residual-blocks <n>', 'student residual blocks', int('--residual-blocks'))
+    .addOption(new Option('--score <kind>', 'image score for the verdict: max of the anomaly map (paper) or mean').choices(['max', 'mean']))
     .option('--target-frr <rate>', 'calibrate the threshold for this false-reject rate on held-out good images', parseFloat, 0.01)
     .option('--calibrate-best-f1', "calibrate for best F1 on the dataset's labelled defective test images")
     .option('--max-train-images <n>', 'use at most this many training images', int('--max-train-images'))
@@ -174,6 +175,7 @@ export function buildProgram(): Command {
           teacherHidden: o.teacherHidden,
           studentWidth: o.studentWidth,
           residualBlocks: o.residualBlocks,
+          aggregation: o.score,
           calibration: o.calibrateBestF1 ? { method: 'best-f1' } : { method: 'false-reject-rate', target: o.targetFrr },
           maxTrainImages: o.maxTrainImages,
           workDir: o.workDir,

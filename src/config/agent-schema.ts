@@ -126,6 +126,10 @@ const TlsSchema = z.strictObject({
   rejectUnauthorized: z.boolean().default(true).describe('false only for test rigs with self-signed brokers.'),
 });
 
+/** Sparkplug ids are topic levels: no wildcards, no separator. */
+const SPARKPLUG_ID = /^[^+#/]+$/;
+const SPARKPLUG_ID_MESSAGE = 'must be non-empty without "+", "#" or "/"';
+
 const MqttSchema = z.strictObject({
   url: z
     .string()
@@ -144,6 +148,34 @@ const MqttSchema = z.strictObject({
   tls: TlsSchema.optional().describe('TLS settings for mqtts:// and wss://.'),
   protocolVersion: z.union([z.literal(5), z.literal(4)]).default(5).describe('5 (MQTT 5) or 4 (MQTT 3.1.1, for older brokers).'),
   keepaliveS: z.int().min(0).default(30).describe('Keep-alive interval in seconds; the broker declares the agent gone after 1.5 times this.'),
+  outbox: z
+    .strictObject({
+      maxMiB: z.number().positive().default(512).describe('Journal size bound; beyond it the oldest unsent results are dropped and counted.'),
+      maxAgeHours: z.number().positive().default(168).describe('Unsent results older than this are dropped and counted.'),
+    })
+    .prefault({})
+    .describe('Store and forward: results and rejects are journaled on disk until the broker acknowledges them.'),
+  heatmap: z
+    .strictObject({
+      maxPerSecond: z.number().positive().default(1).describe('Rate limit; heat maps beyond it are skipped, never queued.'),
+      verdicts: z.array(z.enum(['pass', 'reject', 'error'])).min(1).default(['reject']).describe('Which verdicts get a heat map.'),
+      maxSide: z.int().min(16).max(4096).default(512).describe('Longest side of the PNG, pixels.'),
+    })
+    .optional()
+    .describe('Anomaly-map overlays as PNG on <prefix>/<station>/heatmap (QoS 0). Absent: none.'),
+  metricsIntervalS: z.number().min(0).default(10).describe('Seconds between metrics messages; 0 turns them off.'),
+  sparkplug: z
+    .strictObject({
+      groupId: z.string().regex(SPARKPLUG_ID, SPARKPLUG_ID_MESSAGE).describe('Sparkplug group id.'),
+      edgeNodeId: z.string().regex(SPARKPLUG_ID, SPARKPLUG_ID_MESSAGE).optional().describe('Edge node id; default: the station id.'),
+      deviceId: z.string().regex(SPARKPLUG_ID, SPARKPLUG_ID_MESSAGE).default('camera').describe('Device id of the camera.'),
+      primaryHostId: z.string().regex(SPARKPLUG_ID, SPARKPLUG_ID_MESSAGE).optional().describe('Wait for this primary host to be ONLINE before births.'),
+      clientId: z.string().optional().describe('MQTT client id of the Sparkplug session (its will is the NDEATH); must differ from clientId.'),
+      reconnectMs: z.int().min(100).default(2000).describe('Wait between reconnect attempts, ms.'),
+      allowThresholdWrites: z.boolean().default(true).describe('Accept DCMD writes of Config/Threshold.'),
+    })
+    .optional()
+    .describe('Also publish as a Sparkplug B 3.0 edge node (spBv1.0/<groupId>/...), on the same broker.'),
 });
 
 const TriggerSchema = z.discriminatedUnion('mode', [

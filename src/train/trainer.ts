@@ -80,6 +80,8 @@ export interface TrainOptions {
   teacherHidden?: number;
   studentWidth?: number;
   residualBlocks?: number;
+  /** Image score the verdict uses: max of the anomaly map (the paper; small defects) or its mean (diffuse ones). */
+  aggregation?: 'max' | 'mean';
   calibration?: CalibrationRequest;
   /** Checkpoints and feature caches (default `<out>.work`). */
   workDir?: string;
@@ -175,6 +177,7 @@ async function setUpModel(o: TrainOptions, seed: number): Promise<ModelSetup> {
     ...base,
     teacher: { ...base.teacher, hidden: o.teacherHidden ?? base.teacher.hidden },
     student: { ...base.student, width: o.studentWidth ?? base.student.width, residualBlocks: o.residualBlocks ?? base.student.residualBlocks },
+    scoring: { ...base.scoring, aggregation: o.aggregation ?? base.scoring.aggregation },
   };
   const channels = params.featureChannels + params.depthChannels;
   const featureSize = { height: Math.ceil(inputSize / stride), width: Math.ceil(inputSize / stride) };

@@ -1,0 +1,131 @@
+/**
+ * The result sinks and commands of one station, built from its config: MQTT (always; an in-process broker
+ * when `mqtt.url` is not set), Sparkplug B when configured, frame capture for fine-tuning, and the demo's
+ * console view. Commands act on the agent only through the narrow handle they are given.
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { AgentConfig } from '../config/agent-schema.js';
+import { CaptureRequestSchema, ReloadRequestSchema, SetThresholdRequestSchema, TriggerPayloadSchema } from '../config/mqtt-payloads.js';
+import { ConsoleResultSink } from '../publish/log-result-sink.js';
+import { MqttPublisher } from '../publish/mqtt-publisher.js';
+import type { ResultSink } from '../publish/result-sink.js';
+import { SparkplugNode } from '../publish/sparkplug/sparkplug-node.js';
+import { normalizeScore } from '../model/verdict.js';
+import type { Agent, SinkContext } from './agent.js';
+import type { InspectionLoop } from './inspection-loop.js';
+import { FrameCapture } from './frame-capture.js';
+
+export interface StationSinkOptions {
+  version: string;
+  logger: Logger;
+  /** One line per part on stdout (the demo). */
+  console?: boolean;
+}
+
+/** The threshold in force as a normalised score (0.5 = the calibrated one). */
+function normalizedThresholdOf(loop: InspectionLoop): number {
+  const c = loop.detector.bundle.manifest.calibration!;
+  return normalizeScore(loop.threshold, c);
+}
+const normalizedThreshold = (agent: Agent) => normalizedThresholdOf(agent.loop);
+
+export async function stationSinks(config: AgentConfig, ctx: SinkContext, options: StationSinkOptions): Promise<ResultSink[]> {
+  const { logger } = options;
+  const { loop, metrics } = ctx;
+  const manifest = () => loop.detector.bundle.manifest;
+  const sinks: ResultSink[] = [];
+  if (options.console) sinks.push(new ConsoleResultSink());
+
+  const capture = new FrameCapture(join(config.stateDir, 'captures'), logger.child({ part: 'capture' }));
+  sinks.push(capture);
+
+  const mqtt = await MqttPublisher.create({
+    config,
+    identity: { agentVersion: options.version, model: { id: manifest().id, version: manifest().version }, provider: loop.detector.provider },
+    logger,
+    outbox: { maxBytes: config.mqtt.outbox.maxMiB * 1024 * 1024, maxAgeMs: config.mqtt.outbox.maxAgeHours * 3600 * 1000 },
+    ...(config.mqtt.heatmap ? { heatmap: config.mqtt.heatmap } : {}),
+    ...(config.mqtt.metricsIntervalS > 0 ? { metrics: { intervalMs: config.mqtt.metricsIntervalS * 1000, snapshot: () => ({ ...metrics.tally, queued: loop.queued }) } } : {}),
+    status: () => ({ health: ctx.agent()?.health() ?? null, capture: capture.status }),
+    onPublishFailure: () => metrics.publishFailures.inc({ sink: 'mqtt' }),
+  });
+  sinks.push(mqtt);
+
+  let sparkplug: SparkplugNode | null = null;
+  const setThreshold = async (value: { normalized: number } | { raw: number }) => {
+    const agent = ctx.agent();
+    if (!agent) throw new Error('the agent is still starting');
+    const raw = loop.setThreshold(value);
+    const m = manifest();
+    await agent.settings.update({ threshold: 'raw' in value ? { raw: value.raw, modelId: m.id, modelVersion: m.version } : { normalized: value.normalized } });
+    logger.info({ threshold: raw, setting: value }, 'threshold changed by command');
+    const normalized = normalizedThreshold(agent);
+    sparkplug?.setThreshold(normalized);
+    return { threshold: raw, normalized };
+  };
+
+  mqtt.commands.register('set-threshold', {
+    schema: SetThresholdRequestSchema,
+    handler: (args) => setThreshold(args.normalized !== undefined ? { normalized: args.normalized } : { raw: args.raw! }),
+  });
+  mqtt.commands.register('capture', {
+    schema: CaptureRequestSchema,
+    handler: async (args) => capture.arm({ count: args.count, onlyPass: args.onlyPass, ...(args.label ? { label: args.label } : {}) }),
+  });
+  mqtt.commands.register('reload', {
+    schema: ReloadRequestSchema,
+    timeoutMs: 120_000,
+    handler: async () => {
+      const agent = ctx.agent();
+      if (!agent) throw new Error('the agent is still starting');
+      const m = await agent.reloadModel();
+      return { model: { id: m.id, version: m.version } };
+    },
+  });
+
+  if (config.inspection.trigger.mode === 'external') {
+    mqtt.connection.subscribe(mqtt.connection.topics.trigger, (_topic, payload) => {
+      let parsed;
+      try {
+        parsed = TriggerPayloadSchema.safeParse(JSON.parse(payload.toString('utf8')));
+      } catch {
+        logger.warn({ topic: mqtt.connection.topics.trigger }, 'trigger payload is not JSON; ignored');
+        return;
+      }
+      if (!parsed.success) {
+        logger.warn({ problems: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) }, 'trigger payload refused');
+        return;
+      }
+      loop.trigger(parsed.data.partId);
+    }, { qos: 1, noRetained: true });
+  }
+
+  const spb = config.mqtt.sparkplug;
+  if (spb) {
+    sparkplug = new SparkplugNode({
+      url: mqtt.embedded?.url ?? config.mqtt.url!,
+      mqtt: { ...mqtt.connection.sessionOptions, ...(spb.clientId ? { clientId: spb.clientId } : {}) },
+      groupId: spb.groupId,
+      edgeNodeId: spb.edgeNodeId ?? config.station,
+      deviceId: spb.deviceId,
+      stateFile: join(config.stateDir, 'sparkplug.json'),
+      ...(spb.primaryHostId ? { primaryHostId: spb.primaryHostId } : {}),
+      softwareVersion: options.version,
+      model: { id: manifest().id, version: manifest().version },
+      threshold: normalizedThresholdOf(loop),
+      ...(spb.allowThresholdWrites
+        ? {
+            onThresholdWrite: async (v: number) => {
+              await setThreshold({ normalized: v });
+              return true;
+            },
+          }
+        : {}),
+      logger: logger.child({ part: 'sparkplug' }),
+      reconnectMs: spb.reconnectMs,
+    });
+    sinks.push(sparkplug);
+  }
+  return sinks;
+}
