@@ -230,7 +230,8 @@ describe('launch strings', () => {
     const saved = process.env.UV_THREADPOOL_SIZE;
     try {
       delete process.env.UV_THREADPOOL_SIZE;
-      expect(threadPoolAdvice(2)).toMatch(/UV_THREADPOOL_SIZE=8/);
+      expect(threadPoolAdvice(2)).toMatch(/UV_THREADPOOL_SIZE=6/);
+      expect(threadPoolAdvice(1)).toBeUndefined();
       process.env.UV_THREADPOOL_SIZE = '16';
       expect(threadPoolAdvice(2)).toBeUndefined();
     } finally {

@@ -13,7 +13,7 @@ import type { AgentConfig } from '../config/agent-schema.js';
 import type { RuntimeOptions } from '../config/runtime-schema.js';
 import type { ResultSink } from '../publish/result-sink.js';
 import { LogResultSink } from '../publish/log-result-sink.js';
-import { Detector } from '../runtime/detector.js';
+import { DetectorThread, type FrameScorer } from '../runtime/detector-thread.js';
 import { AgentMetrics } from './agent-metrics.js';
 import { HealthServer, type HealthReport } from './health-server.js';
 import { InspectionLoop } from './inspection-loop.js';
@@ -31,7 +31,7 @@ export class AgentStartError extends Error {
 export interface SinkContext {
   loop: InspectionLoop;
   metrics: AgentMetrics;
-  detector: Detector;
+  detector: FrameScorer;
   agent: () => Agent | null;
 }
 
@@ -42,6 +42,8 @@ export interface AgentOptions {
   sinks?: (ctx: SinkContext) => ResultSink[] | Promise<ResultSink[]>;
   /** Process metrics (CPU, memory, event loop) on /metrics; off in tests that run several agents. */
   processMetrics?: boolean;
+  /** Leave the camera off until `startSource()` (the demo subscribes to results first). */
+  deferSource?: boolean;
 }
 
 function runtimeOptions(model: AgentConfig['model']): Partial<RuntimeOptions> {
@@ -50,7 +52,7 @@ function runtimeOptions(model: AgentConfig['model']): Partial<RuntimeOptions> {
 }
 
 /** Loads, checks and warms up a bundle's fused detector for this station. */
-export async function loadDetector(config: AgentConfig, bundlePath: string, logger: Logger): Promise<Detector> {
+export async function loadDetector(config: AgentConfig, bundlePath: string, logger: Logger): Promise<FrameScorer> {
   let bundle;
   try {
     bundle = await readBundle(bundlePath);
@@ -65,7 +67,7 @@ export async function loadDetector(config: AgentConfig, bundlePath: string, logg
   const needsDepth = m.model.depthChannels > 0;
   if (needsDepth && !config.source.depth) throw new AgentStartError(`source.depth: model ${m.id} runs in ${m.model.mode} mode and needs a depth stream`);
   if (!needsDepth && config.source.depth) throw new AgentStartError(`source.depth: model ${m.id} runs in rgb mode; remove the depth stream or deploy an rgbd model`);
-  return Detector.load(bundle, 'detector', runtimeOptions(config.model), logger.child({ part: 'detector' }));
+  return DetectorThread.load(bundle.dir, runtimeOptions(config.model), logger.child({ part: 'detector' }));
 }
 
 export class Agent {
@@ -128,7 +130,7 @@ export class Agent {
       loop.offerFrame(frame);
     });
     source.onDrop((reason) => metrics.countDrop(reason));
-    source.start();
+    if (!options.deferSource) source.start();
     logger.info(
       { model: { id: m.id, version: m.version }, provider: detector.provider, source: config.source.kind, trigger: config.inspection.trigger.mode, http: http.port },
       'agent inspecting',
@@ -164,13 +166,23 @@ export class Agent {
   }
 
   /** Replaces the model between two inspections; the previous detector is released. */
-  async swapDetector(next: Detector): Promise<void> {
+  async swapDetector(next: FrameScorer): Promise<void> {
     const old = await this.loop.swapModel(next);
     const m = next.bundle.manifest;
     this.metrics.setModel(m.id, m.version, next.provider);
     applyThresholdSetting(this.loop, this.settings, this.config, this.logger);
     await old.release();
     this.logger.info({ model: { id: m.id, version: m.version }, provider: next.provider }, 'model swapped');
+  }
+
+  /** Starts the camera when the agent was started with `deferSource`. */
+  startSource(): void {
+    this.source.start();
+  }
+
+  /** Adds a sink after start (it is not started or stopped by the agent). */
+  addSink(sink: ResultSink): void {
+    this.sinks.push(sink);
   }
 
   /** Loads `model.bundle` again (after it was replaced on disk) and swaps it in between two inspections. */

@@ -17,7 +17,7 @@ import type { AgentConfig } from '../config/agent-schema.js';
 import type { InspectionRecord } from '../config/result-schema.js';
 import { judge, rawThresholdFromNormalized } from '../model/verdict.js';
 import type { InspectionOutcome, ResultSink } from '../publish/result-sink.js';
-import type { Detector } from '../runtime/detector.js';
+import type { FrameScorer } from '../runtime/detector-thread.js';
 import { depthInputsFor, type RawDepthFrame } from '../runtime/depth-inputs.js';
 import type { AgentMetrics } from './agent-metrics.js';
 import type { SequenceStore } from './sequence-store.js';
@@ -62,13 +62,13 @@ export class InspectionLoop {
   private frameCount = 0;
   private running = false;
   private accepting = true;
-  private nextModel: { detector: Detector; done: (old: Detector) => void } | null = null;
+  private nextModel: { detector: FrameScorer; done: (old: FrameScorer) => void } | null = null;
   private idle: (() => void) | null = null;
   /** Raw threshold override (run-time setting); null: the bundle's calibrated threshold. */
   private thresholdOverride: number | null = null;
 
   constructor(
-    private model: Detector,
+    private model: FrameScorer,
     private readonly sinks: readonly ResultSink[],
     private readonly sequence: SequenceStore,
     private readonly metrics: AgentMetrics,
@@ -78,7 +78,7 @@ export class InspectionLoop {
     calibrationOf(model);
   }
 
-  get detector(): Detector {
+  get detector(): FrameScorer {
     return this.model;
   }
 
@@ -275,6 +275,13 @@ export class InspectionLoop {
       if (verdict.verdict !== 'error') this.metrics.lateResults.inc();
       return;
     }
+    // A score that arrives after the deadline (its timer could not fire first) still fails the part.
+    const late = verdict.verdict !== 'error' && performance.now() > part.startedAt + this.options.inspection.deadlineMs;
+    if (late) {
+      this.metrics.lateResults.inc();
+      verdict = { score: null, normalizedScore: null, threshold: verdict.threshold, verdict: 'error', reason: `deadline of ${this.options.inspection.deadlineMs} ms missed` };
+      extra = {};
+    }
     part.settled = true;
     if (part.timer) clearTimeout(part.timer);
     const latencyMs = Math.max(0, performance.now() - part.startedAt);
@@ -303,7 +310,7 @@ export class InspectionLoop {
   }
 
   /** Installs a loaded detector between two runs; resolves with the previous one (the caller releases it). */
-  swapModel(detector: Detector): Promise<Detector> {
+  swapModel(detector: FrameScorer): Promise<FrameScorer> {
     calibrationOf(detector);
     return new Promise((resolve) => {
       this.nextModel = { detector, done: resolve };
@@ -330,7 +337,7 @@ export class InspectionLoop {
   }
 }
 
-function calibrationOf(detector: Detector) {
+function calibrationOf(detector: FrameScorer) {
   const c = detector.bundle.manifest.calibration;
   if (!c) {
     throw new InspectionError(

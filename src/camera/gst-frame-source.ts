@@ -611,7 +611,8 @@ function describeBusError(message: BusMessage): string {
  */
 export function threadPoolAdvice(pipelines: number): string | undefined {
   const size = Number(process.env.UV_THREADPOOL_SIZE) || 4;
-  const needed = 2 * pipelines + 4;
+  // Two threads left for file writes (outbox), DNS and sharp is enough; fewer and they queue.
+  const needed = 2 * pipelines + 2;
   if (size >= needed) return undefined;
   return (
     `UV_THREADPOOL_SIZE is ${size}: ${pipelines} GStreamer pipeline(s) keep ~${2 * pipelines} libuv pool threads ` +

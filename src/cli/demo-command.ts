@@ -1,86 +1,126 @@
 /**
- * `ast-agent demo`: the detector end to end on real images, with no camera, broker or GPU.
- * Builds the default backbone and an `edge`-preset bundle (untrained until `ast-agent train` exists:
- * it shows the pipeline and its speed, not detection quality), then scores crops of three CC0 textures.
+ * `ast-agent demo`: the whole product on one machine with no hardware and no broker. A CC0 texture is cut
+ * into parts (some with generated defects), a model is trained on good parts (first run only, cached),
+ * and the parts go through a GStreamer file source into the agent, which publishes to an in-process MQTT
+ * broker. Each part gets one console line; at the end a subscriber's count proves the MQTT path and the
+ * verdicts are compared with the truth (the part file names say which parts are defective).
  */
-import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import sharp from 'sharp';
+import mqtt from 'mqtt';
 import type { Logger } from 'pino';
-import { assembleBundle } from '../bundle/assemble.js';
-import { readBundle } from '../bundle/bundle-store.js';
-import { modelParamsFor, PRESETS } from '../config/model-schema.js';
-import { ensureDefaultBackbone, defaultBackboneCacheDir } from '../model/backbone/mobilenet-v2.js';
-import { initStudent, initTeacher } from '../model/init.js';
-import { tensor } from '../onnx/tensor.js';
-import { Detector } from '../runtime/detector.js';
+import type { Agent } from '../agent/agent.js';
+import { AgentConfigSchema } from '../config/agent-schema.js';
+import { defaultBackboneCacheDir } from '../model/backbone/mobilenet-v2.js';
+import { ensureDemoAssets } from './demo-assets.js';
+import type { ResultSink } from '../publish/result-sink.js';
+import { runAgent } from './run-command.js';
 
-const TEXTURES = ['brick', 'grass', 'gravel'].map((n) => ({ name: n, file: `/usr/lib/python3/dist-packages/skimage/data/${n}.png` }));
+export interface DemoOptions {
+  /** Frames per second fed by the file source. */
+  fps: number;
+  /** Loop over the parts until Ctrl-C instead of once. */
+  loop: boolean;
+  /** Port of the in-process broker (0: any free port). */
+  mqttPort: number;
+  httpPort: number;
+}
 
-async function demoBundle(dir: string, version: string): Promise<void> {
-  const preset = PRESETS.edge;
-  const backbone = await ensureDefaultBackbone({ layers: preset.backbone.layers });
-  const params = modelParamsFor('edge', 'rgb', backbone.outputs.reduce((sum, o) => sum + o.channels, 0));
-  const channels = params.featureChannels;
-  await assembleBundle(dir, {
-    id: 'demo-edge-untrained',
-    version: '0.0.1',
-    preset: 'edge',
-    params,
-    teacher: initTeacher({ channels, condChannels: params.posChannels, hidden: preset.teacher.hidden, kernelSizes: preset.teacher.kernelSizes, seed: 1 }),
-    student: initStudent({ inChannels: channels + params.posChannels, outChannels: channels, width: preset.student.width, residualBlocks: preset.student.residualBlocks, seed: 2 }),
-    input: { width: preset.inputSize, height: preset.inputSize, mean: backbone.input.mean, std: backbone.input.std, contextPad: preset.contextPad },
-    backbone: {
-      bytes: await readFile(backbone.file),
-      name: backbone.family,
-      description: 'MobileNetV2 α=1.4 (ImageNet, fine-tuned by nsfwjs), see docs/backbone.md',
-      inputName: backbone.input.name,
-      outputs: backbone.outputs.map((o) => ({ name: o.name, layer: o.layer, channels: o.channels, stride: o.stride })),
-    },
-    calibration: null,
-    provenance: { source: 'synthetic', tool: `ast-edge ${version}`, createdAt: new Date().toISOString(), notes: 'untrained weights: a pipeline demo' },
+async function freePortFor(port: number): Promise<number> {
+  if (port !== 0) return port;
+  const { createServer } = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
   });
 }
 
-async function crop(file: string, left: number, top: number, size: number): Promise<Uint8Array> {
-  return new Uint8Array(await sharp(file).extract({ left, top, width: size, height: size }).toColourspace('srgb').removeAlpha().raw().toBuffer());
+function waitForEnd(agent: Agent, expected: number, loop: boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      const h = agent.health();
+      const ended = Object.values(h.streams as Record<string, string>).every((s) => s === 'ended');
+      const t = agent.metrics.tally;
+      if (!loop && ended && agent.loop.queued === 0 && t.pass + t.reject + t.error + t.dropped >= expected) {
+        clearInterval(timer);
+        resolve();
+      }
+    }, 100);
+    process.once('SIGINT', () => {
+      clearInterval(timer);
+      resolve();
+    });
+  });
 }
 
-export async function demoCommand(version: string, logger: Logger): Promise<void> {
-  const dir = join(defaultBackboneCacheDir(), 'demo-edge-bundle');
-  if (!existsSync(join(dir, 'manifest.json'))) await demoBundle(dir, version);
-  let bundle = await readBundle(dir);
-  // A bundle cached by an older version with other backbone layers is rebuilt.
-  const layers = bundle.manifest.backbone?.outputs.map((o) => o.layer ?? '') ?? [];
-  if (layers.join(',') !== PRESETS.edge.backbone.layers.join(',')) {
-    await demoBundle(dir, version);
-    bundle = await readBundle(dir);
-  }
-  const { width: size } = bundle.manifest.input;
-  for (const t of TEXTURES) {
-    if (!existsSync(t.file)) throw new Error(`demo image ${t.file} is missing: run deploy/setup.sh (package python3-skimage)`);
-  }
-  const detector = await Detector.load(bundle, 'detector', { intraOpThreads: 0 }, logger);
-  console.log(`demo: bundle ${bundle.manifest.id} (${bundle.manifest.preset} preset, untrained weights: ast-agent train makes a real one)`);
-  console.log(`demo: scoring ${size}×${size} crops of CC0 textures on ${detector.provider}`);
-  const parts: Uint8Array[] = [];
-  let seq = 0;
-  for (const t of TEXTURES) {
-    for (const offset of [0, 256]) {
-      const rgb = await crop(t.file, offset, offset, size);
-      parts.push(rgb);
-      const started = performance.now();
-      const r = await detector.inspect(tensor('uint8', [1, size, size, 3], rgb));
-      const ms = performance.now() - started;
-      console.log(`part ${String(++seq).padStart(3)}  ${t.name.padEnd(7)} score max ${r.scoreMax[0]!.toFixed(4)}  mean ${r.scoreMean[0]!.toFixed(4)}  ${ms.toFixed(1)} ms`);
+export async function demoCommand(version: string, logger: Logger, options: DemoOptions): Promise<void> {
+  const assets = await ensureDemoAssets(version, logger);
+  const stateDir = join(defaultBackboneCacheDir(), 'demo', 'state');
+  await mkdir(stateDir, { recursive: true });
+  const brokerPort = await freePortFor(options.mqttPort);
+  const config = AgentConfigSchema.parse({
+    station: 'demo-line',
+    source: { kind: 'file', path: assets.parts, loop: options.loop, fps: options.fps },
+    model: { bundle: assets.bundle },
+    mqtt: { embeddedPort: brokerPort, topicPrefix: 'ast', metricsIntervalS: 0 },
+    inspection: { deadlineMs: 5000, queueLength: 4 },
+    http: { port: options.httpPort, host: '127.0.0.1' },
+    stateDir,
+    log: { level: 'warn' },
+  });
+
+  const truth = new Map<string, boolean>();
+  const verdicts = new Map<string, string>();
+  const scoreboard: ResultSink = {
+    name: 'demo-scoreboard',
+    start: async () => {},
+    stop: async () => {},
+    publish: ({ record }) => {
+      if (!record.partId) return;
+      truth.set(record.partId, !record.partId.includes('-good'));
+      verdicts.set(record.partId, record.verdict);
+    },
+  };
+  const agent = await runAgent(config, version, logger, { console: true, sinks: [scoreboard], deferSource: true });
+  // An independent subscriber on the in-process broker: what SCADA would see.
+  const received = { result: 0, reject: 0 };
+  const subscriber = await mqtt.connectAsync(`mqtt://127.0.0.1:${brokerPort}`, { protocolVersion: 4 });
+  subscriber.on('message', (topic) => {
+    if (topic.endsWith('/result')) received.result++;
+    else if (topic.endsWith('/reject')) received.reject++;
+  });
+  await subscriber.subscribeAsync(['ast/demo-line/result', 'ast/demo-line/reject'], { qos: 1 });
+
+  const m = agent.loop.detector.bundle.manifest;
+  console.log(`demo: model ${m.id} ${m.version} (${m.preset} preset, trained on good parts only) on ${agent.loop.detector.provider}`);
+  console.log(`demo: ${assets.partCount} parts from ${assets.parts} through GStreamer at ${options.fps} fps`);
+  console.log(`demo: results on mqtt://127.0.0.1:${brokerPort} topic ast/demo-line/result; health and metrics on http://127.0.0.1:${agent.httpPort}/healthz and /metrics`);
+  agent.startSource();
+
+  await waitForEnd(agent, assets.partCount, options.loop);
+  await new Promise((r) => setTimeout(r, 300));
+  let caught = 0, missed = 0, falseRejects = 0, good = 0, defective = 0;
+  for (const [part, isDefect] of truth) {
+    const rejected = verdicts.get(part) !== 'pass';
+    if (isDefect) {
+      defective++;
+      if (rejected) caught++;
+      else missed++;
+    } else {
+      good++;
+      if (rejected) falseRejects++;
     }
   }
-  const batch = new Uint8Array(parts.length * size * size * 3);
-  parts.forEach((p, i) => batch.set(p, i * size * size * 3));
-  const started = performance.now();
-  await detector.inspect(tensor('uint8', [parts.length, size, size, 3], batch));
-  const ms = performance.now() - started;
-  console.log(`batch of ${parts.length}: ${ms.toFixed(1)} ms (${((parts.length * 1000) / ms).toFixed(1)} parts/s)`);
-  await detector.release();
+  const t = agent.metrics.tally;
+  await agent.stop();
+  await subscriber.endAsync();
+  console.log(
+    `demo: ${t.pass + t.reject + t.error} parts inspected (${t.pass} pass, ${t.reject} reject, ${t.error} error, ${t.dropped} dropped); ` +
+      `defects caught ${caught}/${defective}, false rejects ${falseRejects}/${good}; ` +
+      `an MQTT subscriber received ${received.result} results and ${received.reject} rejects`,
+  );
 }

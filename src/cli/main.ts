@@ -10,6 +10,7 @@ import { createLogger } from './logger.js';
 import { describeBundle } from './describe-bundle.js';
 import { scoreCommand } from './score-command.js';
 import { demoCommand } from './demo-command.js';
+import { runCommand } from './run-command.js';
 import { packBundle, readBundle } from '../bundle/bundle-store.js';
 import { importReference } from '../bundle/import-reference.js';
 import { ModeSchema, PRESETS, PresetNameSchema } from '../config/model-schema.js';
@@ -62,9 +63,21 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('run the detector end to end on real texture images (no camera, broker or GPU needed)')
-    .action(async () => {
-      await demoCommand(VERSION, logger);
+    .description('a demo line on this machine: CC0 texture parts through GStreamer into the agent, results over an in-process MQTT broker')
+    .option('--fps <n>', 'parts per second fed by the file source', parseFloat, 4)
+    .option('--loop', 'keep feeding the parts until Ctrl-C')
+    .option('--mqtt-port <port>', 'port of the in-process broker (0: any free port)', int('--mqtt-port'), 0)
+    .option('--http-port <port>', 'port of /healthz and /metrics (0: any free port)', int('--http-port'), 0)
+    .action(async (o) => {
+      await demoCommand(VERSION, logger, { fps: o.fps, loop: o.loop === true, mqttPort: o.mqttPort, httpPort: o.httpPort });
+    });
+
+  program
+    .command('run')
+    .description('the inspection daemon: camera → detector → MQTT, as configured in one YAML file')
+    .requiredOption('--config <file>', 'agent configuration (YAML; see deploy/examples/)')
+    .action(async (o) => {
+      await runCommand(o.config, VERSION, logger);
     });
 
   program

@@ -9,13 +9,27 @@ import { SystemdNotifier } from '../agent/systemd-notify.js';
 import type { AgentConfig } from '../config/agent-schema.js';
 import { loadAgentConfig } from '../config/load-agent-config.js';
 import { stationSinks } from '../agent/station-sinks.js';
+import type { ResultSink } from '../publish/result-sink.js';
 
 /** systemd's TimeoutStopSec in deploy/ast-edge.service is above this. */
 export const SHUTDOWN_BOUND_MS = 8000;
 
-export async function runAgent(config: AgentConfig, version: string, logger: Logger, extra: { console?: boolean } = {}): Promise<Agent> {
+export interface RunExtras {
+  /** One line per part on stdout. */
+  console?: boolean;
+  /** More sinks (the demo's scoreboard). */
+  sinks?: ResultSink[];
+  deferSource?: boolean;
+}
+
+export async function runAgent(config: AgentConfig, version: string, logger: Logger, extra: RunExtras = {}): Promise<Agent> {
   logger.level = config.log.level;
-  return Agent.start(config, { version, logger, sinks: (ctx) => stationSinks(config, ctx, { version, logger, console: extra.console ?? false }) });
+  return Agent.start(config, {
+    version,
+    logger,
+    deferSource: extra.deferSource ?? false,
+    sinks: async (ctx) => [...(await stationSinks(config, ctx, { version, logger, console: extra.console ?? false })), ...(extra.sinks ?? [])],
+  });
 }
 
 export async function runCommand(configFile: string, version: string, logger: Logger): Promise<void> {

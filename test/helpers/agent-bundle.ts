@@ -1,0 +1,81 @@
+/**
+ * Test helpers for the agent: a small calibrated bundle with the real backbone (fused detector graph),
+ * PNG part folders, and agent configs in temp folders.
+ */
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import sharp from 'sharp';
+import { assembleBundle } from '../../src/bundle/assemble.js';
+import { AgentConfigSchema, type AgentConfig } from '../../src/config/agent-schema.js';
+import type { Calibration } from '../../src/config/bundle-manifest.js';
+import { ensureDefaultBackbone } from '../../src/model/backbone/mobilenet-v2.js';
+import { tinyModel } from './tiny-bundle.js';
+
+export const BRICK = '/usr/lib/python3/dist-packages/skimage/data/brick.png';
+
+export const silentLogger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+
+/** A fused RGB bundle (real MobileNetV2 backbone, tiny random head) at `size`×`size`, calibrated. */
+export async function writeAgentBundle(
+  dir: string,
+  o: { id?: string; version?: string; size?: number; calibration?: Calibration | null } = {},
+): Promise<string> {
+  const backbone = await ensureDefaultBackbone({});
+  const { params, teacher, student } = tinyModel('rgb', backbone.outputs.reduce((s, x) => s + x.channels, 0));
+  const size = o.size ?? 64;
+  await assembleBundle(dir, {
+    id: o.id ?? 'agent-test',
+    version: o.version ?? '1.0.0',
+    preset: 'custom',
+    params,
+    teacher,
+    student,
+    input: { width: size, height: size, mean: backbone.input.mean, std: backbone.input.std },
+    backbone: {
+      bytes: await readFile(backbone.file),
+      name: backbone.family,
+      description: 'test',
+      inputName: backbone.input.name,
+      outputs: backbone.outputs.map((x) => ({ name: x.name, layer: x.layer, channels: x.channels, stride: x.stride })),
+    },
+    calibration: o.calibration === undefined ? { threshold: 1, goodMean: 0.5, goodStd: 0.25, method: 'manual', samples: 0 } : o.calibration,
+    provenance: { source: 'synthetic', tool: 'test', createdAt: new Date().toISOString() },
+  });
+  return dir;
+}
+
+/** `count` PNG crops of the brick texture named part-000.png…, each a different crop. */
+export async function writePartFolder(dir: string, count: number, size = 96): Promise<string[]> {
+  await mkdir(dir, { recursive: true });
+  const names: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const name = `part-${String(i).padStart(3, '0')}.png`;
+    await sharp(BRICK).extract({ left: (i * 37) % 400, top: (i * 53) % 400, width: size, height: size }).toColourspace('srgb').png().toFile(join(dir, name));
+    names.push(name);
+  }
+  return names;
+}
+
+export async function tempDir(prefix: string): Promise<string> {
+  return mkdtemp(join(tmpdir(), `ast-${prefix}-`));
+}
+
+/** A complete, validated config (test source, no MQTT url: callers add one) with its state in a temp folder. */
+export function agentConfig(bundle: string, stateDir: string, extra: Record<string, unknown> = {}): AgentConfig {
+  return AgentConfigSchema.parse({
+    station: 'st1',
+    source: { kind: 'test', pattern: 'ball', fps: 10 },
+    model: { bundle, intraOpThreads: 1, warmupRuns: 1 },
+    http: { port: 0, host: '127.0.0.1' },
+    stateDir,
+    mqtt: { metricsIntervalS: 0 },
+    ...extra,
+  });
+}
+
+export async function writeYaml(file: string, text: string): Promise<string> {
+  await writeFile(file, text);
+  return file;
+}
