@@ -13,6 +13,7 @@ import type { InspectionRecord } from '../src/config/result-schema.js';
 import type { InspectionOutcome, ResultSink } from '../src/publish/result-sink.js';
 import { agentConfig, silentLogger, tempDir, writeAgentBundle, writePartFolder } from './helpers/agent-bundle.js';
 import { writeTinyBundle } from './helpers/tiny-bundle.js';
+import { until } from './support/wait.js';
 
 class CollectingSink implements ResultSink {
   readonly name = 'test';
@@ -33,13 +34,6 @@ async function startAgent(config: AgentConfig): Promise<{ agent: Agent; sink: Co
   return { agent, sink };
 }
 
-async function until(what: string, check: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 let bundle: string;
 let bundleB: string;
@@ -55,7 +49,7 @@ describe('agent with a file source', () => {
     const names = await writePartFolder(parts, 6);
     const config = agentConfig(bundle, await tempDir('state'), { source: { kind: 'file', path: parts, loop: false, fps: 15 } });
     const { agent, sink } = await startAgent(config);
-    await until('6 results', () => sink.records.length >= 6);
+    await until('6 results', () => sink.records.length >= 6, 20_000);
     await new Promise((r) => setTimeout(r, 200));
     const health = await (await fetch(`http://127.0.0.1:${agent.httpPort}/healthz`)).json() as { status: string; streams: Record<string, string> };
     const metrics = await (await fetch(`http://127.0.0.1:${agent.httpPort}/metrics`)).text();
@@ -88,10 +82,10 @@ describe('agent with a file source', () => {
     const state = await tempDir('state');
     const config = agentConfig(bundle, state, { source: { kind: 'file', path: parts, loop: false, fps: 20 } });
     const first = await startAgent(config);
-    await until('2 results', () => first.sink.records.length >= 2);
+    await until('2 results', () => first.sink.records.length >= 2, 20_000);
     await first.agent.stop();
     const second = await startAgent(config);
-    await until('2 results', () => second.sink.records.length >= 2);
+    await until('2 results', () => second.sink.records.length >= 2, 20_000);
     await second.agent.stop();
     expect(second.sink.records[0]!.seq).toBeGreaterThan(first.sink.records[1]!.seq);
   });
@@ -107,7 +101,7 @@ describe('overload and deadlines', () => {
     const { agent, sink } = await startAgent(config);
     let maxQueued = 0;
     const sampler = setInterval(() => (maxQueued = Math.max(maxQueued, agent.loop.queued)), 2);
-    await until('8 results', () => sink.records.length >= 8);
+    await until('8 results', () => sink.records.length >= 8, 20_000);
     clearInterval(sampler);
     // After stop the parts still queued have been scored (stop drains within its bound).
     await agent.stop();
@@ -123,8 +117,8 @@ describe('overload and deadlines', () => {
   it('fails a part safe with verdict error when its deadline passes, and counts the late score', async () => {
     const config = agentConfig(bundle, await tempDir('state'), { source: { kind: 'test', fps: 5 }, inspection: { deadlineMs: 1 } });
     const { agent, sink } = await startAgent(config);
-    await until('3 results', () => sink.records.length >= 3);
-    await until('a late score', () => agent.metrics.tally.error > 0 && sink.records.length >= 3);
+    await until('3 results', () => sink.records.length >= 3, 20_000);
+    await until('a late score', () => agent.metrics.tally.error > 0 && sink.records.length >= 3, 20_000);
     await new Promise((r) => setTimeout(r, 300));
     const metrics = await (await fetch(`http://127.0.0.1:${agent.httpPort}/metrics`)).text();
     await agent.stop();
@@ -144,16 +138,16 @@ describe('external trigger', () => {
       inspection: { trigger: { mode: 'external', maxWaitMs: 300 } },
     });
     const { agent, sink } = await startAgent(config);
-    await until('frames', () => agent.metrics.tally.frames > 3);
+    await until('frames', () => agent.metrics.tally.frames > 3, 20_000);
     expect(sink.records).toHaveLength(0);
     agent.loop.trigger('P-1');
     agent.loop.trigger('P-2');
-    await until('2 results', () => sink.records.length >= 2);
+    await until('2 results', () => sink.records.length >= 2, 20_000);
     // A part whose trigger comes while the camera is off gets an error verdict after maxWaitMs.
     const started = performance.now();
     await agent['source'].stop();
     agent.loop.trigger('P-3');
-    await until('3 results', () => sink.records.length >= 3);
+    await until('3 results', () => sink.records.length >= 3, 20_000);
     const waited = performance.now() - started;
     await agent.stop();
     expect(sink.records.map((r) => r.partId)).toEqual(['P-1', 'P-2', 'P-3']);
@@ -168,11 +162,11 @@ describe('model swap', () => {
   it('swaps the model between two inspections: no part lost, none scored by a half-loaded model', async () => {
     const config = agentConfig(bundle, await tempDir('state'), { source: { kind: 'test', pattern: 'ball', fps: 30 }, inspection: { queueLength: 64 } });
     const { agent, sink } = await startAgent(config);
-    await until('5 results', () => sink.records.length >= 5);
+    await until('5 results', () => sink.records.length >= 5, 20_000);
     const { loadDetector } = await import('../src/agent/agent.js');
     await agent.swapDetector(await loadDetector(config, bundleB, silentLogger));
     const at = sink.records.length;
-    await until('5 more results', () => sink.records.length >= at + 5);
+    await until('5 more results', () => sink.records.length >= at + 5, 20_000);
     const t = { ...agent.metrics.tally };
     await agent.stop();
     const models = sink.records.map((r) => r.model.id);
@@ -192,7 +186,7 @@ describe('camera failures', () => {
       source: { kind: 'test', fps: 20, numBuffers: 4, reconnect: { initialMs: 50, maxMs: 200 } },
     });
     const { agent, sink } = await startAgent(config);
-    await until('10 results over several camera restarts', () => sink.records.length >= 10);
+    await until('10 results over several camera restarts', () => sink.records.length >= 10, 20_000);
     const metrics = await (await fetch(`http://127.0.0.1:${agent.httpPort}/metrics`)).text();
     await agent.stop();
     expect(Number(/ast_source_restarts_total\{stream="colour",station="st1"\} (\d+)/.exec(metrics)![1])).toBeGreaterThanOrEqual(2);
@@ -234,7 +228,7 @@ describe('RGB-D', () => {
       stateDir: join(dir, 'state'),
     });
     const { agent, sink } = await startAgent(config);
-    await until('4 results', () => sink.records.length >= 4);
+    await until('4 results', () => sink.records.length >= 4, 20_000);
     await agent.stop();
     expect(sink.records.map((r) => r.partId)).toEqual(['0.png', '1.png', '2.png', '3.png']);
     expect(sink.records.every((r) => r.verdict !== 'error')).toBe(true);

@@ -13,6 +13,7 @@ import { StatusPayloadSchema } from '../src/config/mqtt-payloads.js';
 import { EmbeddedBroker } from '../src/publish/embedded-broker.js';
 import { MqttConnection, type MqttConfig } from '../src/publish/mqtt-connection.js';
 import { freePort, TestBroker } from './support/mosquitto.js';
+import { until } from './support/wait.js';
 
 const IDENTITY = { agentVersion: '0.1.0', model: { id: 'demo-part', version: '1.2.3' }, provider: 'cpu' };
 
@@ -48,15 +49,6 @@ async function subscriber(url: string, filter: string, options: IClientOptions =
   return { client, messages };
 }
 
-async function until<T>(what: string, probe: () => T | undefined | null | false, timeoutMs = 5000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function statusOf(m: Received) {
   return StatusPayloadSchema.parse(JSON.parse(m.payload.toString()));

@@ -14,10 +14,10 @@ import { CommandResponseSchema, ResultPayloadSchema, StatusPayloadSchema, type R
 import type { InspectionRecord } from '../src/config/result-schema.js';
 import { MqttPublisher } from '../src/publish/mqtt-publisher.js';
 import { freePort, TestBroker } from './support/mosquitto.js';
+import { until } from './support/wait.js';
 
 const silent = pino({ level: 'silent' });
 const IDENTITY = { agentVersion: '0.1.0', model: { id: 'demo', version: '1.0.0' }, provider: 'cpu' };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function config(stateDir: string, mqtt: Record<string, unknown>) {
   return AgentConfigSchema.parse({ station: 'st1', source: { kind: 'test' }, model: { bundle: '/nowhere' }, mqtt, stateDir, inspection: { deadlineMs: 60_000 } });
@@ -38,15 +38,6 @@ function record(seq: number): InspectionRecord {
   };
 }
 
-async function until<T>(what: string, probe: () => T | undefined | null | false, timeoutMs = 8000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 async function listen(url: string, options: Parameters<typeof connectAsync>[1] = {}): Promise<{ client: MqttClient; got: { topic: string; body: unknown }[] }> {
   const client = await connectAsync(url, { reconnectPeriod: 200, ...options });

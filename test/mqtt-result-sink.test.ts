@@ -25,10 +25,10 @@ import { MqttResultSink, type MqttResultSinkOptions, type OutboxEntry, type Outb
 import { Outbox } from '../src/publish/outbox.js';
 import type { InspectionOutcome } from '../src/publish/result-sink.js';
 import { TestBroker } from './support/mosquitto.js';
+import { sleep, until } from './support/wait.js';
 
 const silent = pino({ level: process.env.TEST_LOG ?? 'silent' });
 const IDENTITY = { agentVersion: '0.1.0', model: { id: 'demo', version: '1.0.0' }, provider: 'cpu' };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The outbox's contract in memory: ids in append order, entries until acknowledged, optional slowness. */
 class MemoryOutbox implements OutboxLike {
@@ -88,15 +88,6 @@ async function subscriber(url: string, options: IClientOptions = {}): Promise<{ 
   return { client, messages };
 }
 
-async function until<T>(what: string, probe: () => T | undefined | null | false, timeoutMs = 8000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 const json = (m: Received): unknown => JSON.parse(m.payload.toString());
 const results = (ms: Received[]): ResultPayload[] => ms.filter((m) => m.topic === 'ast/st1/result').map((m) => ResultPayloadSchema.parse(json(m)));

@@ -15,6 +15,7 @@ import {
   describeIssues,
   type BundleManifest,
 } from '../config/bundle-manifest.js';
+import { SIGNATURE_FILE } from '../config/signature-schema.js';
 
 export class BundleError extends Error {
   constructor(
@@ -140,7 +141,9 @@ export async function readBundle(path: string, options: { extractTo?: string } =
 /** Packs a bundle folder into a single `.tar` (verifying it first, so only good bundles travel). */
 export async function packBundle(dir: string, outFile: string): Promise<void> {
   const loaded = await readBundle(dir);
-  const names = ['manifest.json', ...Object.keys(loaded.manifest.files)];
+  // signature.json is not in the manifest (it signs the manifest) but must travel with it.
+  const signed = existsSync(join(loaded.dir, SIGNATURE_FILE));
+  const names = ['manifest.json', ...(signed ? [SIGNATURE_FILE] : []), ...Object.keys(loaded.manifest.files)];
   const tmp = `${resolve(outFile)}.tmp-${process.pid}`;
   await tar.c({ file: tmp, cwd: loaded.dir, portable: true, noMtime: true }, names);
   await rename(tmp, resolve(outFile));

@@ -65,13 +65,10 @@ export type ResultPayload = z.infer<typeof ResultPayloadSchema>;
 // ---------------------------------------------------------------------------------------------- reject
 
 /** What the PLC gateway acts on: kick part `partId` out before `deadline`. */
-export const RejectSchema = z.strictObject({
-  seq: z.int().min(0),
-  station: z.string(),
-  partId: z.string().nullable(),
+export const RejectSchema = InspectionRecordSchema.pick({ seq: true, station: true, partId: true }).extend({
   verdict: z.enum(['reject', 'error']).describe('`reject`: the model found an anomaly; `error`: no verdict in time or a failure (fail-safe reject).'),
   reason: z.string(),
-  capturedAt: z.iso.datetime(),
+  capturedAt: InspectionRecordSchema.shape.capturedAt,
   deadline: z.iso.datetime().describe('capturedAt + the inspection deadline: a reject acted on after this may hit another part.'),
 });
 export type Reject = z.infer<typeof RejectSchema>;
@@ -98,15 +95,16 @@ export type RejectMissedPayload = z.infer<typeof RejectMissedPayloadSchema>;
  * use it as is and it is a third smaller than base64). The same fields as MQTT 5 user properties (as
  * strings) and, for MQTT 3.1.1 subscribers, as JSON on `heatmap/meta` published just before it.
  */
-export const HeatmapMetaPayloadSchema = z.strictObject({
-  seq: z.int().min(0),
-  station: z.string(),
-  partId: z.string().nullable(),
-  capturedAt: z.iso.datetime(),
-  verdict: VerdictSchema,
-  score: z.number().nullable(),
-  normalizedScore: z.number().nullable(),
-  threshold: z.number().nullable(),
+export const HeatmapMetaPayloadSchema = InspectionRecordSchema.pick({
+  seq: true,
+  station: true,
+  partId: true,
+  capturedAt: true,
+  verdict: true,
+  score: true,
+  normalizedScore: true,
+  threshold: true,
+}).extend({
   contentType: z.literal('image/png'),
   width: z.int().positive(),
   height: z.int().positive(),
