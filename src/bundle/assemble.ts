@@ -23,7 +23,11 @@ export const FILES = {
   detector: 'detector.onnx',
   backbone: 'backbone.onnx',
   weights: 'weights.safetensors',
+  golden: 'golden.bin',
 } as const;
+
+/** Default golden tolerance: float32 graphs agree to far better than this across CPU/CUDA; TensorRT fp16 may need more. */
+export const DEFAULT_GOLDEN_TOLERANCE = 1e-3;
 
 export interface BackboneInput {
   bytes: Uint8Array;
@@ -47,6 +51,11 @@ export interface AssembleInput {
   calibration: Calibration | null;
   provenance: BundleManifest['provenance'];
   metrics?: Record<string, number>;
+  /**
+   * Golden samples for the device's self-test after a model swap: `count` uint8 RGB images (N×H×W×3 at the
+   * input size) and the image scores the detector graph gives them. Stored as golden.bin.
+   */
+  golden?: { images: Uint8Array; count: number; scores: number[]; tolerance?: number };
 }
 
 const TEACHER_PREFIX = 'teacher.';
@@ -86,6 +95,7 @@ export async function assembleBundle(dir: string, a: AssembleInput): Promise<Bun
     [FILES.weights]: encodeWeights(a.teacher, a.student),
     [FILES.head]: buildHeadModel(head),
   };
+  if (a.golden) files[FILES.golden] = a.golden.images;
   let backbone: BackboneSpec | null = null;
   const depthOnly = a.params.mode === 'depth';
   if (a.backbone || depthOnly) {
@@ -123,6 +133,9 @@ export async function assembleBundle(dir: string, a: AssembleInput): Promise<Bun
       calibration: a.calibration,
       provenance: a.provenance,
       metrics: a.metrics ?? {},
+      ...(a.golden
+        ? { golden: { file: FILES.golden, count: a.golden.count, scores: a.golden.scores, tolerance: a.golden.tolerance ?? DEFAULT_GOLDEN_TOLERANCE } }
+        : {}),
     },
     files,
   );

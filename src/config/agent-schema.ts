@@ -208,6 +208,33 @@ const HttpSchema = z.strictObject({
   host: z.string().default('0.0.0.0').describe('Address to listen on; 127.0.0.1 keeps health and metrics local.'),
 });
 
+const UpdatesSchema = z.strictObject({
+  trustedKeys: z
+    .array(z.string().min(1))
+    .default([])
+    .describe('Ed25519 public keys (.pub files from `ast-agent keygen`) whose signatures are accepted; several for key rotation.'),
+  allowUnsigned: z
+    .boolean()
+    .default(false)
+    .describe('Accept unsigned bundles. Development only: logged loudly at start and on every install.'),
+  keepVersions: z.int().min(2).max(20).default(3).describe('Model versions kept in the store (the active and the previous one are never removed).'),
+  maxBundleMiB: z.number().positive().default(1024).describe('Largest bundle accepted (download or chunks).'),
+  downloadTimeoutS: z.number().positive().default(300).describe('A download with no progress for this long is abandoned.'),
+  transferTimeoutS: z.number().positive().default(120).describe('A chunked transfer with no chunk for this long is abandoned and cleaned up.'),
+  probation: z
+    .strictObject({
+      inspections: z.int().min(0).default(20).describe('Inspections watched after a swap; 0 turns automatic rollback off.'),
+      maxErrorRate: z.number().min(0).max(1).default(0.2).describe('Roll back when more of the watched inspections than this fail (verdict error).'),
+      maxScoreShift: z
+        .number()
+        .positive()
+        .default(8)
+        .describe('Roll back when the median raw score of the watched inspections is more than this many good-score standard deviations from the calibrated good mean.'),
+    })
+    .prefault({})
+    .describe('Automatic rollback after an update.'),
+});
+
 export const AgentConfigSchema = z.strictObject({
   station: z
     .string()
@@ -218,6 +245,7 @@ export const AgentConfigSchema = z.strictObject({
   mqtt: MqttSchema.prefault({}).describe('Where results, rejects and availability are published.'),
   inspection: InspectionSchema.prefault({}).describe('Triggering, deadlines and batching.'),
   http: HttpSchema.prefault({}).describe('Health and metrics endpoint.'),
+  updates: UpdatesSchema.prefault({}).describe('Remote model updates: trust, store, limits, automatic rollback.'),
   stateDir: z
     .string()
     .default('/var/lib/ast-edge')

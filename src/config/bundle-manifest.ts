@@ -74,6 +74,25 @@ export const ProvenanceSchema = z.object({
   notes: z.string().optional(),
 });
 
+/**
+ * Golden samples: a few images with the scores the bundle's own detector graph gave them when it was built.
+ * After a model swap the device scores them and compares, so a bundle that loads but computes something
+ * else (wrong execution provider, broken graph, different preprocessing) is caught before it judges parts.
+ */
+export const GoldenSchema = z.object({
+  /** Raw uint8 RGB, count × input.height × input.width × 3 (NHWC, exactly what the detector graph takes). */
+  file: z.string().regex(RELATIVE_FILE, 'must be a relative path inside the bundle'),
+  count: z.int().min(1),
+  /** Expected raw image score of each sample (the manifest's scoring.aggregation), in file order. */
+  scores: z.array(z.number()),
+  /** A sample passes when |actual − expected| ≤ tolerance × max(1, |expected|): absolute near 0, relative above 1. */
+  tolerance: z.number().positive(),
+});
+export type Golden = z.infer<typeof GoldenSchema>;
+
+/** Names a bundle's own metadata uses; the manifest cannot list files under them. */
+const RESERVED_FILES = ['manifest.json', 'signature.json'];
+
 export const BundleManifestSchema = z
   .object({
     format: z.literal(BUNDLE_FORMAT),
@@ -97,6 +116,8 @@ export const BundleManifestSchema = z
     calibration: CalibrationSchema.nullable(),
     provenance: ProvenanceSchema,
     metrics: z.record(z.string(), z.number()).default({}),
+    /** Optional: bundles without golden samples stay valid (self-test is then skipped). */
+    golden: GoldenSchema.optional(),
     files: z.record(z.string(), FileEntrySchema),
   })
   .superRefine((m, ctx) => {
@@ -104,10 +125,36 @@ export const BundleManifestSchema = z
       if (!RELATIVE_FILE.test(name)) {
         ctx.addIssue({ code: 'custom', path: ['files', name], message: 'file names must be relative paths inside the bundle' });
       }
+      if (RESERVED_FILES.includes(name)) {
+        ctx.addIssue({ code: 'custom', path: ['files', name], message: `"${name}" is reserved for the bundle's own metadata` });
+      }
     }
-    const needed = [m.graphs.head, m.weights, ...(m.graphs.detector ? [m.graphs.detector] : []), ...(m.backbone ? [m.backbone.file] : [])];
+    const needed = [
+      m.graphs.head,
+      m.weights,
+      ...(m.graphs.detector ? [m.graphs.detector] : []),
+      ...(m.backbone ? [m.backbone.file] : []),
+      ...(m.golden ? [m.golden.file] : []),
+    ];
     for (const f of needed) {
       if (!m.files[f]) ctx.addIssue({ code: 'custom', path: ['files', f], message: `"${f}" is used by the manifest but has no sha256 entry` });
+    }
+    if (m.golden) {
+      if (!m.graphs.detector) {
+        ctx.addIssue({ code: 'custom', path: ['golden'], message: 'golden samples are images: they need a detector graph' });
+      }
+      if (m.golden.scores.length !== m.golden.count) {
+        ctx.addIssue({ code: 'custom', path: ['golden', 'scores'], message: `has ${m.golden.scores.length} scores for ${m.golden.count} samples` });
+      }
+      const expected = m.golden.count * m.input.height * m.input.width * 3;
+      const entry = m.files[m.golden.file];
+      if (entry && entry.bytes !== expected) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['golden', 'file'],
+          message: `"${m.golden.file}" has ${entry.bytes} bytes, ${m.golden.count} × ${m.input.height} × ${m.input.width} × 3 = ${expected} expected`,
+        });
+      }
     }
     if (m.model.mode !== 'depth' && !m.backbone && m.graphs.detector) {
       ctx.addIssue({ code: 'custom', path: ['backbone'], message: 'a detector graph for rgb/rgbd needs a backbone' });

@@ -4,7 +4,7 @@
  * is reported at once (one line each, with the YAML line where there is one), so nothing starts
  * half-configured and nobody fixes a file one error per restart.
  *
- * Relative paths in the file (model.bundle, stateDir, mqtt.tls.ca/cert/key, a TensorRT provider's
+ * Relative paths in the file (model.bundle, updates.trustedKeys, stateDir, mqtt.tls.ca/cert/key, a TensorRT provider's
  * cachePath, the `path` of file sources, colour or depth) are resolved against the config file's folder;
  * paths inside a `pipeline` launch string are GStreamer's business and left alone. Validation does not
  * check that files exist: the agent does that when it starts and says which one is missing.
@@ -298,6 +298,7 @@ function lineOf(root: unknown, path: readonly PropertyKey[], lines: LineCounter)
 function resolvePaths(config: AgentConfig, base: string): AgentConfig {
   const at = (p: string) => resolve(base, p);
   config.model.bundle = at(config.model.bundle);
+  config.updates.trustedKeys = config.updates.trustedKeys.map(at);
   config.stateDir = at(config.stateDir);
   for (const provider of config.model.providers) {
     if (provider.name === 'tensorrt') provider.cachePath = at(provider.cachePath);
