@@ -19,6 +19,8 @@ import { HealthServer, type HealthReport } from './health-server.js';
 import { InspectionLoop } from './inspection-loop.js';
 import { RuntimeSettingsStore } from './runtime-settings.js';
 import { SequenceStore } from './sequence-store.js';
+import { ModelUpdater, type SwapTarget } from './model-updater.js';
+import type { BundleManifest } from '../config/bundle-manifest.js';
 
 export class AgentStartError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -33,6 +35,9 @@ export interface SinkContext {
   metrics: AgentMetrics;
   detector: FrameScorer;
   agent: () => Agent | null;
+  updater: ModelUpdater;
+  /** Called after every model swap (update, rollback, reload). */
+  onModelChanged: (listener: (model: BundleManifest, provider: string) => void) => void;
 }
 
 export interface AgentOptions {
@@ -70,7 +75,7 @@ export async function loadDetector(config: AgentConfig, bundlePath: string, logg
   return DetectorThread.load(bundle.dir, runtimeOptions(config.model), logger.child({ part: 'detector' }));
 }
 
-export class Agent {
+export class Agent implements SwapTarget {
   private readonly startedAt = Date.now();
   private readonly streams = new Map<string, SourceStatus>();
   private lastInspectionAt: number | null = null;
@@ -81,6 +86,8 @@ export class Agent {
     readonly metrics: AgentMetrics,
     readonly loop: InspectionLoop,
     readonly settings: RuntimeSettingsStore,
+    readonly updater: ModelUpdater,
+    private readonly modelListeners: ((model: BundleManifest, provider: string) => void)[],
     private readonly sinks: ResultSink[],
     private readonly source: FrameSource,
     private readonly http: HealthServer | null,
@@ -95,12 +102,14 @@ export class Agent {
     const { store: settings, problem } = await RuntimeSettingsStore.open(config.stateDir);
     if (problem) logger.warn({ problem }, 'run-time settings ignored; the calibrated threshold applies');
 
-    const detector = await loadDetector(config, config.model.bundle, logger);
+    const updater = await ModelUpdater.open(config, logger.child({ part: 'updates' }));
+    const detector = await loadDetector(config, await updater.startupBundle(), logger);
     const metrics = new AgentMetrics(config.station, options.processMetrics ?? true);
     const m = detector.bundle.manifest;
     metrics.setModel(m.id, m.version, detector.provider);
 
-    const sinks: ResultSink[] = [new LogResultSink(logger.child({ part: 'results' }))];
+    const sinks: ResultSink[] = [new LogResultSink(logger.child({ part: 'results' })), updater];
+    const modelListeners: ((model: BundleManifest, provider: string) => void)[] = [];
     // The loop is created before the extra sinks (commands need it) and hands results to this same array.
     const loop = new InspectionLoop(
       detector,
@@ -112,12 +121,14 @@ export class Agent {
     );
     applyThresholdSetting(loop, settings, config, logger);
     let agent: Agent | null = null;
-    sinks.push(...((await options.sinks?.({ loop, metrics, detector, agent: () => agent })) ?? []));
+    sinks.push(
+      ...((await options.sinks?.({ loop, metrics, detector, agent: () => agent, updater, onModelChanged: (l) => modelListeners.push(l) })) ?? []),
+    );
     for (const sink of sinks) await sink.start();
 
     const source = openSource(config.source, { width: m.input.width, height: m.input.height }, logger.child({ part: 'camera' }));
     const http = await HealthServer.start({ host: config.http.host, port: config.http.port, registry: metrics.registry, health: () => agent!.health() });
-    agent = new Agent(config, metrics, loop, settings, sinks, source, http, logger);
+    agent = new Agent(config, metrics, loop, settings, updater, modelListeners, sinks, source, http, logger);
     const self = agent;
     source.onStatus((s) => {
       self.streams.set(s.stream, s);
@@ -162,6 +173,7 @@ export class Agent {
       streams: Object.fromEntries([...this.streams].map(([k, v]) => [k, v.state])),
       secondsSinceLastFrame: sinceFrame === null ? null : Math.round(sinceFrame * 10) / 10,
       queued: this.loop.queued,
+      update: this.updater.state,
     };
   }
 
@@ -171,6 +183,7 @@ export class Agent {
     const m = next.bundle.manifest;
     this.metrics.setModel(m.id, m.version, next.provider);
     applyThresholdSetting(this.loop, this.settings, this.config, this.logger);
+    for (const l of this.modelListeners) l(m, next.provider);
     await old.release();
     this.logger.info({ model: { id: m.id, version: m.version }, provider: next.provider }, 'model swapped');
   }
@@ -185,9 +198,13 @@ export class Agent {
     this.sinks.push(sink);
   }
 
-  /** Loads `model.bundle` again (after it was replaced on disk) and swaps it in between two inspections. */
+  currentModel(): BundleManifest {
+    return this.loop.detector.bundle.manifest;
+  }
+
+  /** Loads the model again (the store's active version, else `model.bundle`) and swaps it in between two inspections. */
   async reloadModel(): Promise<{ id: string; version: string }> {
-    const next = await loadDetector(this.config, this.config.model.bundle, this.logger);
+    const next = await loadDetector(this.config, await this.updater.startupBundle(), this.logger);
     await this.swapDetector(next);
     return next.bundle.manifest;
   }

@@ -6,7 +6,16 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/agent-schema.js';
-import { CaptureRequestSchema, ReloadRequestSchema, SetThresholdRequestSchema, TriggerPayloadSchema } from '../config/mqtt-payloads.js';
+import { BundleChunkSchema } from '../config/bundle-chunk-schema.js';
+import {
+  CaptureRequestSchema,
+  ModelRollbackRequestSchema,
+  ModelUpdateRequestSchema,
+  ReloadRequestSchema,
+  SetThresholdRequestSchema,
+  TriggerPayloadSchema,
+} from '../config/mqtt-payloads.js';
+import type { UpdateProgress } from './model-updater.js';
 import { ConsoleResultSink } from '../publish/log-result-sink.js';
 import { MqttPublisher } from '../publish/mqtt-publisher.js';
 import type { ResultSink } from '../publish/result-sink.js';
@@ -83,6 +92,46 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
       return { model: { id: m.id, version: m.version } };
     },
   });
+
+  // Model updates: progress goes to the command's response topic (final: false) before the final answer.
+  const progressTo = (transaction: string | number | undefined) => (p: UpdateProgress) => {
+    logger.info({ update: p }, `model update: ${p.step}`);
+    const payload = JSON.stringify({ ok: true, ...(transaction !== undefined ? { transaction } : {}), final: false, ...p });
+    mqtt.connection.publish(mqtt.connection.topics.commandResponse('model-update'), payload, { qos: 1 }).catch(() => undefined);
+  };
+  const runningAgent = () => {
+    const agent = ctx.agent();
+    if (!agent) throw new Error('the agent is still starting');
+    return agent;
+  };
+  mqtt.commands.register('model-update', {
+    schema: ModelUpdateRequestSchema,
+    timeoutMs: (config.updates.downloadTimeoutS + 600) * 1000,
+    handler: async (args, context) => {
+      const v = await ctx.updater.installFromUrl(runningAgent(), args.url, args.sha256, progressTo(context.transaction));
+      return { step: 'activated', model: { id: v.id, version: v.version }, version: v.name };
+    },
+  });
+  mqtt.commands.register('model-chunk', {
+    schema: BundleChunkSchema,
+    // A chunk carries up to 1 MiB of data as base64 (4/3 larger) plus its envelope.
+    maxPayloadBytes: 1_500_000,
+    handler: async (chunk) => {
+      const outcome = await ctx.updater.acceptChunk(runningAgent(), chunk, (p, transferId) => progressTo(transferId)(p));
+      return outcome.status === 'complete'
+        ? { status: 'complete', transferId: outcome.transferId, bytes: outcome.bytes, sha256: outcome.sha256, next: 'installing: progress on cmd/model-update/response' }
+        : { status: outcome.status, transferId: outcome.transferId, received: outcome.received, count: outcome.count };
+    },
+  });
+  mqtt.commands.register('model-rollback', {
+    schema: ModelRollbackRequestSchema,
+    timeoutMs: 120_000,
+    handler: async () => {
+      const v = await ctx.updater.rollback(runningAgent(), 'rollback command');
+      return { step: 'rolled-back', model: { id: v.id, version: v.version }, version: v.name };
+    },
+  });
+  ctx.onModelChanged((m, provider) => mqtt.connection.updateIdentity({ model: { id: m.id, version: m.version }, provider }));
 
   if (config.inspection.trigger.mode === 'external') {
     mqtt.connection.subscribe(mqtt.connection.topics.trigger, (_topic, payload) => {

@@ -330,12 +330,14 @@ export async function verifySignedBundle(
   bundle: string,
   trustedKeys: readonly (PublicKeySource | TrustedKey)[],
 ): Promise<VerifiedSignature & { manifest: LoadedBundle['manifest'] }> {
+  // Keys first: an unreadable key file is the caller's mistake, whatever state the bundle is in.
+  const trusted = await loadTrustedKeys(trustedKeys);
   const path = resolve(bundle);
   const isFile = (await stat(path).catch(() => null))?.isFile() ?? false;
   const tmp = isFile ? await mkdtemp(join(tmpdir(), 'ast-verify-')) : null;
   try {
     const loaded = await readBundle(path, tmp ? { extractTo: tmp } : {});
-    return { ...(await verifyBundleSignature(loaded.dir, trustedKeys)), manifest: loaded.manifest };
+    return { ...(await verifyBundleSignature(loaded.dir, trusted)), manifest: loaded.manifest };
   } finally {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   }

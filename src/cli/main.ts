@@ -11,6 +11,7 @@ import { describeBundle } from './describe-bundle.js';
 import { scoreCommand } from './score-command.js';
 import { demoCommand } from './demo-command.js';
 import { runCommand } from './run-command.js';
+import { keygenCommand, signCommand, verifyCommand } from './signing-commands.js';
 import { packBundle, readBundle } from '../bundle/bundle-store.js';
 import { importReference } from '../bundle/import-reference.js';
 import { ModeSchema, PRESETS, PresetNameSchema } from '../config/model-schema.js';
@@ -235,7 +236,32 @@ export function buildProgram(): Command {
       console.log(`report: ${resolve(o.report)}`);
     });
 
-  const bundle = program.command('bundle').description('inspect, check and pack model bundles');
+  program
+    .command('keygen')
+    .description('create an Ed25519 key pair for signing bundles (<name>.key stays on the signing machine, <name>.pub goes to devices)')
+    .requiredOption('--out <dir>', 'folder to write the key pair to')
+    .option('--name <name>', 'file name without extension (default ast-edge-<key id>)')
+    .action(async (o: { out: string; name?: string }) => {
+      process.exitCode = await keygenCommand(o.out, o.name);
+    });
+
+  const bundle = program.command('bundle').description('inspect, check, pack, sign and verify model bundles');
+  bundle
+    .command('sign')
+    .argument('<bundle>', 'bundle folder or .tar (a .tar is repacked in place)')
+    .requiredOption('--key <file.key>', 'Ed25519 private key (PKCS#8 PEM) from ast-agent keygen')
+    .description('sign a bundle: writes signature.json over the exact bytes of manifest.json')
+    .action(async (path: string, o: { key: string }) => {
+      process.exitCode = await signCommand(o.key, path);
+    });
+  bundle
+    .command('verify')
+    .argument('<bundle>', 'bundle folder or .tar')
+    .requiredOption('--pub <file.pub>', 'trusted public key; repeat for several (key rotation)', (v: string, prev: string[] = []) => [...prev, v])
+    .description('check every file hash and the signature by a trusted key; exit 1 when the bundle is not trusted')
+    .action(async (path: string, o: { pub: string[] }) => {
+      process.exitCode = await verifyCommand(o.pub, path);
+    });
   bundle
     .command('inspect')
     .argument('<bundle>', 'bundle folder or .tar')

@@ -15,6 +15,7 @@
  *   cmd/<name>/response  CommandResponse
  */
 import { z } from 'zod';
+import { BundleChunkSchema } from './bundle-chunk-schema.js';
 import { InspectionRecordSchema, VerdictSchema } from './result-schema.js';
 
 const ModelRefSchema = z.strictObject({ id: z.string(), version: z.string() });
@@ -202,6 +203,28 @@ export const CaptureRequestSchema = z.strictObject({
   onlyPass: z.boolean().default(true).describe('Save only frames judged pass (good samples); false: every inspected frame.'),
 });
 
+/** `cmd/model-update`: download a signed bundle .tar from a URL and install it. */
+export const ModelUpdateRequestSchema = z.strictObject({
+  url: z.url({ protocol: /^https?$/ }).describe('http:// or https:// address of the bundle .tar.'),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits').optional().describe('Expected sha256 of the .tar (checked before staging).'),
+});
+
+/** `cmd/model-rollback`: back to the previous model version. */
+export const ModelRollbackRequestSchema = z.strictObject({});
+
+/**
+ * Progress of an install, on `cmd/model-update/response` (`final: false`) before the final answer; for a
+ * chunked transfer the `transaction` is the transferId.
+ */
+export const ModelUpdateProgressSchema = z.strictObject({
+  ok: z.literal(true),
+  transaction: TransactionSchema.optional(),
+  final: z.literal(false),
+  step: z.enum(['receiving', 'staging', 'checking', 'loading', 'self-test', 'activating', 'probation', 'done', 'rolled-back', 'failed']),
+  detail: z.string().optional(),
+  model: z.strictObject({ id: z.string(), version: z.string() }).optional(),
+});
+
 /** `<prefix>/<station>/trigger` (external trigger mode): a part is in front of the camera now. */
 export const TriggerPayloadSchema = z.strictObject({
   partId: z.string().min(1).max(128).describe('The part\'s id from the PLC or MES; echoed in its result and reject.'),
@@ -234,5 +257,9 @@ export const MQTT_PAYLOAD_SCHEMAS: MqttPayloadSchemaEntry[] = [
   { name: 'command-set-threshold', title: 'ast-edge command request: set-threshold', schema: withTransaction(SetThresholdRequestSchema), io: 'input' },
   { name: 'command-reload', title: 'ast-edge command request: reload', schema: withTransaction(ReloadRequestSchema), io: 'input' },
   { name: 'command-capture', title: 'ast-edge command request: capture', schema: withTransaction(CaptureRequestSchema), io: 'input' },
+  { name: 'command-model-update', title: 'ast-edge command request: model-update', schema: withTransaction(ModelUpdateRequestSchema), io: 'input' },
+  { name: 'command-model-chunk', title: 'ast-edge command request: model-chunk (one chunk of a bundle .tar)', schema: withTransaction(BundleChunkSchema), io: 'input' },
+  { name: 'command-model-rollback', title: 'ast-edge command request: model-rollback', schema: withTransaction(ModelRollbackRequestSchema), io: 'input' },
+  { name: 'model-update-progress', title: 'ast-edge model update progress', schema: ModelUpdateProgressSchema, io: 'output' },
   { name: 'trigger', title: 'ast-edge part-present trigger (external trigger mode)', schema: TriggerPayloadSchema, io: 'input' },
 ];

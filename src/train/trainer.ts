@@ -28,14 +28,14 @@ import {
   type TeacherWeights,
 } from '../model/weights.js';
 import { loadSession } from '../runtime/session.js';
-import { assembleBundle, loadBundleWeights, type BackboneInput } from '../bundle/assemble.js';
+import { assembleBundle, loadBundleWeights, type AssembleInput, type BackboneInput } from '../bundle/assemble.js';
 import { readBundle, readBundleFile } from '../bundle/bundle-store.js';
 import { Detector } from '../runtime/detector.js';
 import { PAPER_ADAM, type AdamOptions } from './adam.js';
 import { checkpointPath, loadCheckpoint, saveCheckpoint, type Checkpoint, type CheckpointMeta } from './checkpoint.js';
 import { buildStudentEval, buildTeacherEval } from './eval-graphs.js';
 import { computeFeatureSet, featureSetKey, loadFeatureSet, saveFeatureSet, type FeatureSet } from './feature-set.js';
-import { loadDataset, type Dataset, type Sample } from './datasets/index.js';
+import { decodeRgb, loadDataset, type Dataset, type Sample } from './datasets/index.js';
 import { calibrate } from './evaluation/calibration.js';
 import type { ProgressReporter } from './progress.js';
 import { TrainStepRunner } from './step-runner.js';
@@ -532,7 +532,7 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
   const trainingVerdicts = goodScores.map((s) => verdictFor(s, calibration.threshold));
 
   const seconds = (Date.now() - started) / 1000;
-  const manifest = await assembleBundle(o.out, {
+  const assembly: AssembleInput = {
     id: o.id ?? `${dataset.name}-${o.mode}`.toLowerCase().replace(/[^a-z0-9._-]/g, '-').slice(0, 64),
     version: o.version ?? '1.0.0',
     preset: setup.preset,
@@ -564,7 +564,10 @@ export async function train(o: TrainOptions, logger: Logger, progress: ProgressR
       ...(teacherNll !== null ? { teacherValidationNll: teacherNll } : {}),
       ...(studentLoss !== null ? { studentValidationLoss: studentLoss } : {}),
     },
-  });
+  };
+  let manifest = await assembleBundle(o.out, assembly);
+  const golden = await goldenSamples(o.out, split.validation.length > 0 ? split.validation : split.train, manifest);
+  if (golden) manifest = await assembleBundle(o.out, { ...assembly, golden });
 
   // The written bundle must reproduce the verdicts computed here (same graphs, same threshold).
   await verifyVerdicts(o.out, calibrationSet, trainingVerdicts, params);
@@ -590,6 +593,35 @@ function pixelShuffle(x: Float32Array, r: number, h: number, w: number): Float32
       for (let y = 0; y < h; y++)
         for (let xx = 0; xx < w; xx++) out[(y * r + i) * (w * r) + xx * r + j] = x[((i * r + j) * h + y) * w + xx]!;
   return out;
+}
+
+/**
+ * A few held-out good frames with the scores the bundle's fused detector gives them: the device re-scores
+ * them after an update and refuses a model that does not reproduce them. RGB models only (golden samples
+ * are frames; depth inputs are not stored).
+ */
+async function goldenSamples(bundleDir: string, samples: readonly Sample[], manifest: BundleManifest, count = 4): Promise<AssembleInput['golden'] | null> {
+  if (!manifest.graphs.detector || manifest.model.depthChannels > 0) return null;
+  const chosen = samples.filter((s) => s.image).slice(0, count);
+  if (chosen.length === 0) return null;
+  const { width, height } = manifest.input;
+  const images = new Uint8Array(chosen.length * width * height * 3);
+  for (const [i, s] of chosen.entries()) images.set(await decodeRgb(s.image!, { width, height }), i * width * height * 3);
+  return goldenFromImages(bundleDir, images, chosen.length);
+}
+
+/** Golden samples from frames (uint8 NHWC at the bundle's input size): the scores its fused detector gives them. */
+export async function goldenFromImages(bundleDir: string, images: Uint8Array, count: number): Promise<NonNullable<AssembleInput['golden']>> {
+  const bundle = await readBundle(bundleDir);
+  const { width, height } = bundle.manifest.input;
+  const detector = await Detector.load(bundle, 'detector', { warmupRuns: 0 });
+  try {
+    const r = await detector.inspect({ dtype: 'uint8', dims: [count, height, width, 3], data: images });
+    const scores = Array.from(bundle.manifest.model.scoring.aggregation === 'mean' ? r.scoreMean : r.scoreMax);
+    return { images, count, scores };
+  } finally {
+    await detector.release();
+  }
 }
 
 async function verifyVerdicts(bundleDir: string, set: FeatureSet, expected: ReturnType<typeof verdictFor>[], params: ModelParams): Promise<void> {
