@@ -111,10 +111,19 @@ export class ModelUpdater implements ResultSink {
     return new ModelUpdater(store, chunks, config, logger);
   }
 
-  /** The bundle to start with: the store's active version, else the configured one (first start). */
+  /**
+   * The bundle to start with: the store's active version. On the first start the configured
+   * `model.bundle` is imported into the store as the first version, so an update always has a previous
+   * version to roll back to.
+   */
   async startupBundle(): Promise<string> {
     const active = await this.store.active();
-    return active?.dir ?? this.config.model.bundle;
+    if (active) return active.dir;
+    const staged = await this.store.stage(this.config.model.bundle, { trustedLocally: true });
+    const stored = await this.store.commit(staged);
+    await this.store.activate(stored.name);
+    this.logger.info({ version: stored.name, from: this.config.model.bundle }, 'configured model imported into the model store');
+    return stored.dir;
   }
 
   get state(): UpdateStatus {

@@ -332,13 +332,14 @@ export class ModelStore {
   /**
    * Copies a bundle folder, or unpacks a bundle .tar, into staging/ and verifies every file's size and
    * sha256 on the copy (what is verified is what will be committed), plus the signature when the store
-   * requires one. Checks free space first. Nothing outside staging/ changes.
+   * requires one (`trustedLocally`: the operator's own configured bundle, no signature needed). Checks
+   * free space first. Nothing outside staging/ changes.
    */
-  stage(from: string): Promise<StagedBundle> {
-    return this.serial(() => this.doStage(resolve(from)));
+  stage(from: string, options: { trustedLocally?: boolean } = {}): Promise<StagedBundle> {
+    return this.serial(() => this.doStage(resolve(from), options.trustedLocally ?? false));
   }
 
-  private async doStage(source: string): Promise<StagedBundle> {
+  private async doStage(source: string, trustedLocally: boolean): Promise<StagedBundle> {
     const info = await stat(source).catch(() => null);
     if (!info) throw new BundleError(`bundle ${source} does not exist`, source);
     const archive = info.isFile();
@@ -412,7 +413,9 @@ export class ModelStore {
       }
       for (const f of folders) await fsyncPath(f);
       let signedBy: string | null = null;
-      if (this.options.trustedKeys) signedBy = (await verifyBundleSignature(dir, this.options.trustedKeys)).keyId;
+      // A bundle the operator installed by hand (the configured model.bundle) is trusted like the config
+      // file itself; everything that arrives remotely must carry a trusted signature.
+      if (this.options.trustedKeys && !trustedLocally) signedBy = (await verifyBundleSignature(dir, this.options.trustedKeys)).keyId;
       if (archive) await rm(join(work, 'unpacked'), { recursive: true, force: true });
       await pausePoint('stage:verified');
       this.staged.add(dir);

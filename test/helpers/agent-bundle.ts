@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import sharp from 'sharp';
-import { assembleBundle } from '../../src/bundle/assemble.js';
+import { assembleBundle, type AssembleInput } from '../../src/bundle/assemble.js';
+import { goldenFromImages } from '../../src/train/trainer.js';
 import { AgentConfigSchema, type AgentConfig } from '../../src/config/agent-schema.js';
 import type { Calibration } from '../../src/config/bundle-manifest.js';
 import { ensureDefaultBackbone } from '../../src/model/backbone/mobilenet-v2.js';
@@ -20,12 +21,12 @@ export const silentLogger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent'
 /** A fused RGB bundle (real MobileNetV2 backbone, tiny random head) at `size`×`size`, calibrated. */
 export async function writeAgentBundle(
   dir: string,
-  o: { id?: string; version?: string; size?: number; calibration?: Calibration | null } = {},
+  o: { id?: string; version?: string; size?: number; calibration?: Calibration | null; golden?: boolean } = {},
 ): Promise<string> {
   const backbone = await ensureDefaultBackbone({});
   const { params, teacher, student } = tinyModel('rgb', backbone.outputs.reduce((s, x) => s + x.channels, 0));
   const size = o.size ?? 64;
-  await assembleBundle(dir, {
+  const input: AssembleInput = {
     id: o.id ?? 'agent-test',
     version: o.version ?? '1.0.0',
     preset: 'custom',
@@ -42,7 +43,15 @@ export async function writeAgentBundle(
     },
     calibration: o.calibration === undefined ? { threshold: 1, goodMean: 0.5, goodStd: 0.25, method: 'manual', samples: 0 } : o.calibration,
     provenance: { source: 'synthetic', tool: 'test', createdAt: new Date().toISOString() },
-  });
+  };
+  await assembleBundle(dir, input);
+  if (o.golden) {
+    // Two brick crops scored by the bundle's own detector: what the device's self-test must reproduce.
+    const frames = await Promise.all([0, 150].map((at) => sharp(BRICK).extract({ left: at, top: at, width: size, height: size }).toColourspace('srgb').raw().toBuffer()));
+    const images = new Uint8Array(frames.length * size * size * 3);
+    frames.forEach((f, i) => images.set(f, i * size * size * 3));
+    await assembleBundle(dir, { ...input, golden: await goldenFromImages(dir, images, frames.length) });
+  }
   return dir;
 }
 
