@@ -167,8 +167,8 @@ describe('model swap', () => {
     await agent.swapDetector(await loadDetector(config, bundleB, silentLogger));
     const at = sink.records.length;
     await until('5 more results', () => sink.records.length >= at + 5, 20_000);
-    const t = { ...agent.metrics.tally };
     await agent.stop();
+    const t = { ...agent.metrics.tally };
     const models = sink.records.map((r) => r.model.id);
     const firstB = models.indexOf('model-b');
     expect(firstB).toBeGreaterThan(0);

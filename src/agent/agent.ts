@@ -103,7 +103,11 @@ export class Agent implements SwapTarget {
     if (problem) logger.warn({ problem }, 'run-time settings ignored; the calibrated threshold applies');
 
     const updater = await ModelUpdater.open(config, logger.child({ part: 'updates' }));
-    const detector = await loadDetector(config, await updater.startupBundle(), logger);
+    const startup = await updater.startupBundle().catch((e: Error) => {
+      throw new AgentStartError(`model.bundle: ${e.message}`, { cause: e });
+    });
+    const detector = await loadDetector(config, startup.path, logger);
+    if (startup.adopt) await updater.adoptConfigured();
     const metrics = new AgentMetrics(config.station, options.processMetrics ?? true);
     const m = detector.bundle.manifest;
     metrics.setModel(m.id, m.version, detector.provider);
@@ -204,7 +208,9 @@ export class Agent implements SwapTarget {
 
   /** Loads the model again (the store's active version, else `model.bundle`) and swaps it in between two inspections. */
   async reloadModel(): Promise<{ id: string; version: string }> {
-    const next = await loadDetector(this.config, await this.updater.startupBundle(), this.logger);
+    const startup = await this.updater.startupBundle();
+    const next = await loadDetector(this.config, startup.path, this.logger);
+    if (startup.adopt) await this.updater.adoptConfigured();
     await this.swapDetector(next);
     return next.bundle.manifest;
   }

@@ -32,6 +32,8 @@ export class InspectionError extends Error {
 interface Part {
   frame: CapturedFrame | null;
   partId: string | null;
+  /** A part announced by an external trigger: never dropped silently (a continuous frame is only counted). */
+  triggered: boolean;
   /** Monotonic ms the deadline counts from (capture, or the trigger in external mode). */
   startedAt: number;
   capturedAtWall: number;
@@ -115,7 +117,7 @@ export class InspectionLoop {
         this.metrics.countDrop('skipped');
         return;
       }
-      this.enqueue({ frame, partId: frame.colour.label ?? null, startedAt: frame.colour.capturedAt, capturedAtWall: frame.colour.capturedAtWall, settled: false, timer: null });
+      this.enqueue({ frame, partId: frame.colour.label ?? null, triggered: false, startedAt: frame.colour.capturedAt, capturedAtWall: frame.colour.capturedAtWall, settled: false, timer: null });
       return;
     }
     // External trigger: the oldest waiting part takes the first frame captured after its trigger.
@@ -123,7 +125,7 @@ export class InspectionLoop {
     if (index < 0) return;
     const [t] = this.triggers.splice(index, 1);
     clearTimeout(t!.timer);
-    this.enqueue({ frame, partId: t!.partId, startedAt: t!.at, capturedAtWall: frame.colour.capturedAtWall, settled: false, timer: null });
+    this.enqueue({ frame, partId: t!.partId, triggered: true, startedAt: t!.at, capturedAtWall: frame.colour.capturedAtWall, settled: false, timer: null });
   }
 
   /** A part-present message (external trigger mode). */
@@ -139,7 +141,7 @@ export class InspectionLoop {
         const i = this.triggers.indexOf(pending);
         if (i < 0) return;
         this.triggers.splice(i, 1);
-        const part: Part = { frame: null, partId, startedAt: at, capturedAtWall: pending.atWall, settled: false, timer: null };
+        const part: Part = { frame: null, partId, triggered: true, startedAt: at, capturedAtWall: pending.atWall, settled: false, timer: null };
         void this.fail(part, `no frame within ${maxWait} ms of the trigger (camera down?)`);
       }, maxWait),
     };
@@ -151,7 +153,7 @@ export class InspectionLoop {
     while (this.queue.length >= this.options.inspection.queueLength) {
       const dropped = this.queue.shift()!;
       clearTimeout(dropped.timer!);
-      if (dropped.partId === null) {
+      if (!dropped.triggered) {
         this.metrics.countDrop('overload');
         dropped.settled = true;
       } else {
@@ -326,7 +328,7 @@ export class InspectionLoop {
     this.accepting = false;
     for (const t of this.triggers.splice(0)) {
       clearTimeout(t.timer);
-      await this.fail({ frame: null, partId: t.partId, startedAt: t.at, capturedAtWall: t.atWall, settled: false, timer: null }, 'agent shutting down before a frame was captured');
+      await this.fail({ frame: null, partId: t.partId, triggered: true, startedAt: t.at, capturedAtWall: t.atWall, settled: false, timer: null }, 'agent shutting down before a frame was captured');
     }
     if (this.running || this.queue.length > 0) {
       const drained = new Promise<void>((resolve) => { this.idle = resolve; });

@@ -7,11 +7,11 @@
  * calibration is rolled back automatically. Every store transition is atomic, so a power cut at any step
  * leaves the device on a complete, verified model (the store repairs itself at open).
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { goldenSamplesFor, compareGoldenScores } from '../bundle/golden.js';
-import { readBundle } from '../bundle/bundle-store.js';
+import { readBundle, sha256 } from '../bundle/bundle-store.js';
 import { ChunkAssembler, type ChunkOutcome } from '../bundle/delivery/chunk-assembler.js';
 import { downloadBundle } from '../bundle/delivery/download.js';
 import { ModelStore, type StagedBundle, type StoredVersion } from '../bundle/model-store.js';
@@ -112,18 +112,34 @@ export class ModelUpdater implements ResultSink {
   }
 
   /**
-   * The bundle to start with: the store's active version. On the first start the configured
-   * `model.bundle` is imported into the store as the first version, so an update always has a previous
-   * version to roll back to.
+   * The bundle to start with. Normally the store's active version (it may be newer than the config, from a
+   * remote update). A configured `model.bundle` the store has never seen is the operator's explicit choice:
+   * it runs, and is imported into the store once it has loaded (`adoptConfigured`), so a bad one never
+   * becomes the stored active version and an update always has a version to roll back to.
    */
-  async startupBundle(): Promise<string> {
+  async startupBundle(): Promise<{ path: string; adopt: boolean }> {
     const active = await this.store.active();
-    if (active) return active.dir;
+    let configured;
+    try {
+      configured = await readBundle(this.config.model.bundle);
+    } catch (e) {
+      if (!active) throw e;
+      this.logger.warn({ err: e, active: active.name }, 'model.bundle cannot be read; running the model store\'s active version');
+      return { path: active.dir, adopt: false };
+    }
+    const sha = sha256(await readFile(join(configured.dir, 'manifest.json')));
+    const known = (await this.store.list()).some((v) => v.manifestSha256 === sha);
+    if (active && known) return { path: active.dir, adopt: false };
+    return { path: configured.dir, adopt: true };
+  }
+
+  /** Imports the configured bundle (already loaded and running) into the store as the active version. */
+  async adoptConfigured(): Promise<void> {
     const staged = await this.store.stage(this.config.model.bundle, { trustedLocally: true });
     const stored = await this.store.commit(staged);
     await this.store.activate(stored.name);
+    await this.store.prune().catch(() => []);
     this.logger.info({ version: stored.name, from: this.config.model.bundle }, 'configured model imported into the model store');
-    return stored.dir;
   }
 
   get state(): UpdateStatus {

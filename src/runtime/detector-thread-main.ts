@@ -22,7 +22,7 @@ const { bundlePath, runtime } = workerData as Init;
 
 try {
   const bundle = await readBundle(bundlePath);
-  const detector = await Detector.load(bundle, 'detector', runtime);
+  const detector = await Detector.load(bundle, 'detector', runtime, undefined, { fullMap: false });
   port.postMessage({ kind: 'ready', provider: detector.provider });
   port.on('message', async (m: ThreadRequest) => {
     if (m.kind === 'release') {

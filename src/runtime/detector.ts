@@ -36,15 +36,23 @@ export class Detector {
     readonly kind: GraphKind,
     private readonly session: ort.InferenceSession,
     readonly provider: ProviderName,
+    private readonly fullMap: boolean,
   ) {}
 
-  static async load(bundle: LoadedBundle, kind: GraphKind, runtime: Partial<RuntimeOptions> = {}, logger?: Logger): Promise<Detector> {
+  /** `fullMap: false` skips the input-size anomaly map (the agent never needs it). */
+  static async load(
+    bundle: LoadedBundle,
+    kind: GraphKind,
+    runtime: Partial<RuntimeOptions> = {},
+    logger?: Logger,
+    options: { fullMap?: boolean } = {},
+  ): Promise<Detector> {
     const file = kind === 'head' ? bundle.manifest.graphs.head : bundle.manifest.graphs.detector;
     if (!file) {
       throw new RuntimeError(`bundle ${bundle.source} has no ${kind} graph (a feature-level bundle: import it with --backbone to score frames)`);
     }
     const loaded = await loadSession(await readBundleFile(bundle, file), runtime, logger?.child({ bundle: bundle.manifest.id, graph: kind }));
-    const detector = new Detector(bundle, kind, loaded.session, loaded.provider);
+    const detector = new Detector(bundle, kind, loaded.session, loaded.provider, options.fullMap ?? true);
     for (let i = 0; i < (runtime.warmupRuns ?? 1); i++) await detector.warmup();
     return detector;
   }
@@ -64,7 +72,9 @@ export class Detector {
   }
 
   private async run(feeds: Record<string, ort.Tensor>, batch: number): Promise<DetectorResult> {
-    const out = await this.session.run(feeds);
+    // The full-size map is only fetched when asked for (evaluation): the agent scores on the small map.
+    const wanted = this.fullMap ? this.session.outputNames : this.session.outputNames.filter((n) => n !== IO.mapFull);
+    const out = await this.session.run(feeds, wanted);
     const get = (name: string) => out[name]?.data as Float32Array | undefined;
     const result: DetectorResult = {
       map: get(IO.map)!,
