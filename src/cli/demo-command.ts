@@ -70,7 +70,7 @@ export async function demoCommand(version: string, logger: Logger, options: Demo
     inspection: { deadlineMs: 5000, queueLength: 4 },
     http: { port: options.httpPort, host: '127.0.0.1' },
     stateDir,
-    log: { level: 'warn' },
+    log: { level: 'error' },
   });
 
   const truth = new Map<string, boolean>();
