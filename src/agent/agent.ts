@@ -107,7 +107,33 @@ export class Agent implements SwapTarget {
       throw new AgentStartError(`model.bundle: ${e.message}`, { cause: e });
     });
     const detector = await loadDetector(config, startup.path, logger);
-    if (startup.adopt) await updater.adoptConfigured();
+    // From here on a failure must not leave the detector thread or started sinks running (the process
+    // would hang instead of exiting for systemd to restart it).
+    const started: ResultSink[] = [];
+    try {
+      return await Agent.assemble(config, options, { logger, sequence, settings, updater, detector, adopt: startup.adopt, started });
+    } catch (e) {
+      for (const sink of started.reverse()) await sink.stop().catch(() => undefined);
+      await detector.release().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  private static async assemble(
+    config: AgentConfig,
+    options: AgentOptions,
+    parts: {
+      logger: Logger;
+      sequence: SequenceStore;
+      settings: RuntimeSettingsStore;
+      updater: ModelUpdater;
+      detector: FrameScorer;
+      adopt: boolean;
+      started: ResultSink[];
+    },
+  ): Promise<Agent> {
+    const { logger, sequence, settings, updater, detector, started } = parts;
+    if (parts.adopt) await updater.adoptConfigured();
     const metrics = new AgentMetrics(config.station, options.processMetrics ?? true);
     const m = detector.bundle.manifest;
     metrics.setModel(m.id, m.version, detector.provider);
@@ -128,7 +154,10 @@ export class Agent implements SwapTarget {
     sinks.push(
       ...((await options.sinks?.({ loop, metrics, detector, agent: () => agent, updater, onModelChanged: (l) => modelListeners.push(l) })) ?? []),
     );
-    for (const sink of sinks) await sink.start();
+    for (const sink of sinks) {
+      await sink.start();
+      started.push(sink);
+    }
 
     const source = openSource(config.source, { width: m.input.width, height: m.input.height }, logger.child({ part: 'camera' }));
     const http = await HealthServer.start({ host: config.http.host, port: config.http.port, registry: metrics.registry, health: () => agent!.health() });
@@ -164,8 +193,11 @@ export class Agent implements SwapTarget {
       if (s.state !== 'running' && s.state !== 'ended') problems.push(`${s.stream} stream ${s.state}${s.reason ? `: ${s.reason}` : ''}`);
     }
     const stuckAfterMs = Math.max(10_000, 5 * this.config.inspection.deadlineMs);
-    const wedged = this.loop.runningForMs > stuckAfterMs;
-    if (wedged) problems.push(`detector run has not returned for ${Math.round(this.loop.runningForMs / 1000)} s`);
+    const crashed = this.loop.detector.failure;
+    const wedged = this.loop.runningForMs > stuckAfterMs || crashed !== null || this.loop.sequenceFault !== null;
+    if (this.loop.runningForMs > stuckAfterMs) problems.push(`detector run has not returned for ${Math.round(this.loop.runningForMs / 1000)} s`);
+    if (crashed) problems.push(`detector: ${crashed.message}`);
+    if (this.loop.sequenceFault) problems.push(`sequence numbers cannot be reserved in ${this.config.stateDir}: ${this.loop.sequenceFault.message}`);
     const m = this.loop.detector.bundle.manifest;
     const sinceFrame = this.lastInspectionAt === null ? null : (performance.now() - this.lastInspectionAt) / 1000;
     return {
@@ -208,11 +240,18 @@ export class Agent implements SwapTarget {
 
   /** Loads the model again (the store's active version, else `model.bundle`) and swaps it in between two inspections. */
   async reloadModel(): Promise<{ id: string; version: string }> {
-    const startup = await this.updater.startupBundle();
-    const next = await loadDetector(this.config, startup.path, this.logger);
-    if (startup.adopt) await this.updater.adoptConfigured();
-    await this.swapDetector(next);
-    return next.bundle.manifest;
+    return this.updater.exclusive(async () => {
+      const startup = await this.updater.startupBundle();
+      const next = await loadDetector(this.config, startup.path, this.logger);
+      try {
+        await this.swapDetector(next);
+      } catch (e) {
+        await next.release();
+        throw e;
+      }
+      if (startup.adopt) await this.updater.adoptConfigured();
+      return next.bundle.manifest;
+    });
   }
 
   /** Camera off first (no new parts), parts in flight finished or failed safe, then sinks flushed. */
@@ -221,7 +260,8 @@ export class Agent implements SwapTarget {
       const until = performance.now() + boundMs;
       const left = () => Math.max(0, until - performance.now());
       await this.source.stop();
-      await this.loop.stop(left() * 0.6);
+      const neverSwapped = await this.loop.stop(left() * 0.6);
+      await neverSwapped?.release().catch(() => undefined);
       for (const sink of [...this.sinks].reverse()) {
         await Promise.race([sink.stop(), new Promise((r) => setTimeout(r, left()))]).catch((e: Error) =>
           this.logger.error({ err: e, sink: sink.name }, 'sink did not stop cleanly'),

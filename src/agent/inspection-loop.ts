@@ -130,7 +130,12 @@ export class InspectionLoop {
 
   /** A part-present message (external trigger mode). */
   trigger(partId: string, at = performance.now()): void {
-    if (!this.accepting) return;
+    if (!this.accepting) {
+      // A part announced while stopping still gets its verdict: a reject.
+      const part: Part = { frame: null, partId, triggered: true, startedAt: at, capturedAtWall: Date.now(), settled: false, timer: null };
+      this.failSoon(part, 'agent shutting down before a frame was captured');
+      return;
+    }
     if (this.options.inspection.trigger.mode !== 'external') throw new InspectionError('trigger messages need inspection.trigger.mode = external');
     const maxWait = this.options.inspection.trigger.maxWaitMs;
     const pending: PendingTrigger = {
@@ -142,7 +147,7 @@ export class InspectionLoop {
         if (i < 0) return;
         this.triggers.splice(i, 1);
         const part: Part = { frame: null, partId, triggered: true, startedAt: at, capturedAtWall: pending.atWall, settled: false, timer: null };
-        void this.fail(part, `no frame within ${maxWait} ms of the trigger (camera down?)`);
+        this.failSoon(part, `no frame within ${maxWait} ms of the trigger (camera down?)`);
       }, maxWait),
     };
     this.triggers.push(pending);
@@ -157,14 +162,14 @@ export class InspectionLoop {
         this.metrics.countDrop('overload');
         dropped.settled = true;
       } else {
-        void this.fail(dropped, 'overload: the detector fell behind and the part was dropped from the queue');
+        this.failSoon(dropped, 'overload: the detector fell behind and the part was dropped from the queue');
       }
     }
     const remaining = part.startedAt + this.options.inspection.deadlineMs - performance.now();
-    part.timer = setTimeout(() => void this.fail(part, `deadline of ${this.options.inspection.deadlineMs} ms missed`), Math.max(0, remaining));
+    part.timer = setTimeout(() => this.failSoon(part, `deadline of ${this.options.inspection.deadlineMs} ms missed`), Math.max(0, remaining));
     this.queue.push(part);
     this.metrics.queueDepth.set(this.queue.length);
-    void this.pump();
+    this.pump().catch((e: Error) => this.logger.error({ err: e }, 'inspection loop failed'));
   }
 
   /** Runs the detector while parts wait; one run at a time. */
@@ -263,9 +268,32 @@ export class InspectionLoop {
     return { z, width: d.width, height: d.height };
   }
 
+  /** `fail` from a timer or callback: nothing may escape as an unhandled rejection. */
+  private failSoon(part: Part, reason: string): void {
+    this.fail(part, reason).catch((e: Error) => this.logger.error({ err: e, partId: part.partId }, 'could not fail a part safe'));
+  }
+
   private fail(part: Part, reason: string): Promise<void> {
     return this.settle(part, { score: null, normalizedScore: null, threshold: this.threshold, verdict: 'error', reason }, {});
   }
+
+  /**
+   * A sequence number even when the state folder cannot be written: the part's verdict matters more than
+   * the number. Continuing past the reserved block risks a number repeating after a crash, so the fault is
+   * reported (health goes down and systemd restarts the agent).
+   */
+  private async nextSeq(): Promise<number> {
+    try {
+      return await this.sequence.take();
+    } catch (e) {
+      this.sequenceFault = e as Error;
+      this.logger.error({ err: e }, 'cannot reserve sequence numbers in the state folder; numbering from memory');
+      return this.sequence.takeUnreserved();
+    }
+  }
+
+  /** Set when sequence numbers could not be reserved on disk (health reports it). */
+  sequenceFault: Error | null = null;
 
   /** Gives a part its one and only verdict; a second one (a late score after a deadline) is only counted. */
   private async settle(
@@ -277,6 +305,9 @@ export class InspectionLoop {
       if (verdict.verdict !== 'error') this.metrics.lateResults.inc();
       return;
     }
+    part.settled = true;
+    if (part.timer) clearTimeout(part.timer);
+    const seq = await this.nextSeq();
     // A score that arrives after the deadline (its timer could not fire first) still fails the part.
     const late = verdict.verdict !== 'error' && performance.now() > part.startedAt + this.options.inspection.deadlineMs;
     if (late) {
@@ -284,12 +315,10 @@ export class InspectionLoop {
       verdict = { score: null, normalizedScore: null, threshold: verdict.threshold, verdict: 'error', reason: `deadline of ${this.options.inspection.deadlineMs} ms missed` };
       extra = {};
     }
-    part.settled = true;
-    if (part.timer) clearTimeout(part.timer);
     const latencyMs = Math.max(0, performance.now() - part.startedAt);
     const manifest = this.model.bundle.manifest;
     const record: InspectionRecord = {
-      seq: await this.sequence.take(),
+      seq,
       station: this.options.station,
       partId: part.partId,
       capturedAt: new Date(part.capturedAtWall).toISOString(),
@@ -314,6 +343,8 @@ export class InspectionLoop {
   /** Installs a loaded detector between two runs; resolves with the previous one (the caller releases it). */
   swapModel(detector: FrameScorer): Promise<FrameScorer> {
     calibrationOf(detector);
+    if (this.nextModel) return Promise.reject(new InspectionError('another model swap is pending'));
+    if (!this.accepting) return Promise.reject(new InspectionError('the inspection loop is stopping'));
     return new Promise((resolve) => {
       this.nextModel = { detector, done: resolve };
       if (!this.running) this.applyModelSwap();
@@ -324,7 +355,7 @@ export class InspectionLoop {
    * Stops taking frames, lets waiting parts finish within `boundMs`, and fails the rest safe. Resolves when
    * every part taken has its verdict handed to the sinks.
    */
-  async stop(boundMs: number): Promise<void> {
+  async stop(boundMs: number): Promise<FrameScorer | null> {
     this.accepting = false;
     for (const t of this.triggers.splice(0)) {
       clearTimeout(t.timer);
@@ -336,6 +367,11 @@ export class InspectionLoop {
     }
     for (const p of [...this.inFlight, ...this.queue.splice(0)]) await this.fail(p, 'agent shut down before the part was scored');
     this.metrics.queueDepth.set(0);
+    // A swap that never happened: its detector goes back to the caller to release.
+    const pending = this.nextModel;
+    this.nextModel = null;
+    pending?.done(pending.detector);
+    return pending?.detector ?? null;
   }
 }
 

@@ -189,7 +189,8 @@ export class ModelUpdater implements ResultSink {
     return outcome;
   }
 
-  private async exclusive<T>(work: () => Promise<T>): Promise<T> {
+  /** Runs one model change at a time (install, rollback, reload); a second one is refused, not queued. */
+  async exclusive<T>(work: () => Promise<T>): Promise<T> {
     if (this.busy) throw new UpdateError('receiving', 'another model update is in progress');
     this.busy = true;
     try {
@@ -200,7 +201,7 @@ export class ModelUpdater implements ResultSink {
       throw e;
     } finally {
       this.busy = false;
-      this.set('idle');
+      if (this.status.state !== 'probation') this.set('idle');
     }
   }
 
@@ -262,9 +263,17 @@ export class ModelUpdater implements ResultSink {
     }
 
     step('activating', 'committing to the store and swapping between two inspections', model);
-    const stored = await this.store.commit(staged);
+    let stored: StoredVersion;
+    try {
+      stored = await this.store.commit(staged);
+      // Swap first, then move the pointer: a failed swap leaves the store describing what runs.
+      await agent.swapDetector(detector);
+    } catch (e) {
+      await detector.release();
+      await this.store.discard(staged).catch(() => undefined);
+      throw new UpdateError('activating', (e as Error).message, { cause: e });
+    }
     await this.store.activate(stored.name);
-    await agent.swapDetector(detector);
     const removed = await this.store.prune().catch((e: Error) => {
       this.logger.warn({ err: e }, 'pruning old model versions failed');
       return [];
@@ -292,8 +301,13 @@ export class ModelUpdater implements ResultSink {
         warmupRuns: m.warmupRuns,
       });
       const from = this.store.pointers().active;
+      try {
+        await agent.swapDetector(detector);
+      } catch (e) {
+        await detector.release();
+        throw e;
+      }
       const v = await this.store.rollback();
-      await agent.swapDetector(detector);
       this.probation = null;
       this.status.last = { outcome: 'rolled-back', model: from ?? undefined, reason, at: new Date().toISOString() };
       this.logger.warn({ from, to: v.name, reason }, 'model rolled back');
@@ -317,6 +331,7 @@ export class ModelUpdater implements ResultSink {
     const { inspections, maxErrorRate, maxScoreShift } = this.config.updates.probation;
     if (p.seen < inspections) return;
     this.probation = null;
+    if (this.status.state === 'probation') this.set('idle');
     const verdict = probationVerdict(p, { maxErrorRate, maxScoreShift });
     if (verdict === null) {
       this.logger.info({ model: p.model, inspections: p.seen }, 'new model passed probation');

@@ -49,15 +49,30 @@ export class SequenceStore {
   }
 
   /**
-   * The next number. Synchronous so the loop never waits; the next block is reserved in the background
-   * when half of this one is used, and only if that write is still pending at the block's end does it wait.
+   * The next number. Normally immediate: the next block is reserved in the background when half of this
+   * one is used, and only if that write is still pending at the block's end does it wait. Rejects when the
+   * block is used up and a new one cannot be written (the caller must still give its part a verdict).
    */
   async take(): Promise<number> {
-    if (this.next >= this.reservedUpTo) await (this.reserving ?? this.reserve());
+    if (this.next >= this.reservedUpTo) await this.reserveNext();
     const seq = this.next++;
     if (!this.reserving && this.reservedUpTo - this.next < this.block / 2) {
-      this.reserving = this.reserve().finally(() => { this.reserving = null; });
+      // In the background; a failure here is retried by the next take() that needs the block.
+      this.reserveNext().catch(() => undefined);
     }
     return seq;
+  }
+
+  /** The next number without a reservation on disk (only when reserving failed: see InspectionLoop.nextSeq). */
+  takeUnreserved(): number {
+    return this.next++;
+  }
+
+  /** One reservation at a time: concurrent callers share it (they would write the same temp file). */
+  private reserveNext(): Promise<void> {
+    this.reserving ??= this.reserve().finally(() => {
+      this.reserving = null;
+    });
+    return this.reserving;
   }
 }

@@ -65,9 +65,10 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
   const setThreshold = async (value: { normalized: number } | { raw: number }) => {
     const agent = ctx.agent();
     if (!agent) throw new Error('the agent is still starting');
-    const raw = loop.setThreshold(value);
     const m = manifest();
+    // Saved before it applies: a threshold that could not be saved would silently revert at the next start.
     await agent.settings.update({ threshold: 'raw' in value ? { raw: value.raw, modelId: m.id, modelVersion: m.version } : { normalized: value.normalized } });
+    const raw = loop.setThreshold(value);
     logger.info({ threshold: raw, setting: value }, 'threshold changed by command');
     const normalized = normalizedThreshold(agent);
     sparkplug?.setThreshold(normalized);

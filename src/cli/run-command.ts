@@ -48,7 +48,8 @@ export async function runCommand(configFile: string, version: string, logger: Lo
       process.exit(1);
     }, SHUTDOWN_BOUND_MS + 1000).unref();
     void (async () => {
-      await notifier.stopping('stopping: finishing parts in flight');
+      // Not awaited: a slow notify helper must not eat into the parts' shutdown bound.
+      void notifier.stopping('stopping: finishing parts in flight');
       await agent?.stop(SHUTDOWN_BOUND_MS);
       process.exit(0);
     })();

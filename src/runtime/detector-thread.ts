@@ -20,6 +20,8 @@ export interface FrameScorer {
   readonly featureShape: [number, number, number];
   inspect(images: HostTensor<'uint8'> | null, depth?: DepthInputs): Promise<DetectorResult>;
   release(): Promise<void>;
+  /** Set when the scorer can no longer run (a crashed thread): every part would fail. */
+  readonly failure: Error | null;
 }
 
 type Reply =
@@ -53,7 +55,9 @@ export class DetectorThread implements FrameScorer {
       this.waiting.clear();
     };
     worker.on('error', (e) => fail(new RuntimeError(`detector thread crashed: ${e.message}`)));
-    worker.on('exit', (code) => fail(new RuntimeError(`detector thread exited (code ${code})`)));
+    worker.on('exit', (code) => {
+      if (!this.released) fail(new RuntimeError(`detector thread exited (code ${code})`));
+    });
   }
 
   /** Loads the bundle in a new thread; resolves once the session is built and warmed up there. */
@@ -81,6 +85,10 @@ export class DetectorThread implements FrameScorer {
     return new DetectorThread(bundle, provider, worker);
   }
 
+  get failure(): Error | null {
+    return this.exited;
+  }
+
   get featureShape(): [number, number, number] {
     const m = this.bundle.manifest;
     return [m.model.featureChannels, m.featureSize.height, m.featureSize.width];
@@ -103,8 +111,14 @@ export class DetectorThread implements FrameScorer {
     return this.request<DetectorResult>({ kind: 'inspect', images, ...(depth ? { depth } : {}) }, transfer);
   }
 
+  /** Frees the session in the thread (bounded: a wedged thread is terminated anyway after 1 s). */
   async release(): Promise<void> {
-    if (!this.exited) await this.request({ kind: 'release' }).catch(() => undefined);
+    if (!this.exited) {
+      await Promise.race([this.request({ kind: 'release' }).catch(() => undefined), new Promise((r) => setTimeout(r, 1000).unref())]);
+    }
+    this.released = true;
     await this.worker.terminate();
   }
+
+  private released = false;
 }

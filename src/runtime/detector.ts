@@ -57,6 +57,11 @@ export class Detector {
     return detector;
   }
 
+  /** An in-thread session has no separate thread to lose. */
+  get failure(): Error | null {
+    return null;
+  }
+
   get featureShape(): [number, number, number] {
     const m = this.bundle.manifest;
     return [m.model.featureChannels, m.featureSize.height, m.featureSize.width];
