@@ -267,7 +267,6 @@ describe('deploy/mosquitto.conf.example', () => {
     const mosquitto = process.env.MOSQUITTO_BIN ?? '/usr/sbin/mosquitto';
     if (!existsSync(mosquitto)) return ctx.skip('mosquitto is not installed');
     const dir = await mkdtemp(join(tmpdir(), 'ast-mosquitto-example-'));
-    cleanup.push(() => rm(dir, { recursive: true, force: true }));
     // Same file, on a loopback port of our own, persisting into the temp folder, logging to stderr.
     const port = await freePort();
     const conf = (await readFile(join(ROOT, 'deploy/mosquitto.conf.example'), 'utf8'))
@@ -277,7 +276,13 @@ describe('deploy/mosquitto.conf.example', () => {
       .replace(/^log_dest .*$/m, 'log_dest stderr');
     await writeFile(join(dir, 'mosquitto.conf'), `${conf}\nuser ${userInfo().username}\n`);
     const broker = spawn(mosquitto, ['-c', join(dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
-    cleanup.push(() => broker.kill());
+    // The broker writes its persistence file as it exits: the folder goes only after it has.
+    cleanup.push(async () => {
+      const exited = broker.exitCode === null ? new Promise((r) => broker.once('exit', r)) : Promise.resolve();
+      broker.kill();
+      await exited;
+      await rm(dir, { recursive: true, force: true });
+    });
     let log = '';
     broker.stderr!.setEncoding('utf8').on('data', (chunk: string) => (log += chunk));
     const accepts = () =>
