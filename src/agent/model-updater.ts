@@ -341,7 +341,16 @@ export class ModelUpdater implements ResultSink {
     const agent = this.probationAgent;
     if (!agent) return;
     this.logger.error({ model: p.model, reason: verdict }, 'new model failed probation: rolling back');
-    void this.rollback(agent, `probation failed: ${verdict}`).catch((e: Error) => this.logger.error({ err: e }, 'automatic rollback failed'));
+    this.rollbackWhenFree(agent, `probation failed: ${verdict}`);
+  }
+
+  /** An automatic rollback waits for a model change in progress (a reload) instead of being dropped. */
+  private rollbackWhenFree(agent: SwapTarget, reason: string, attempt = 0): void {
+    if (this.busy && attempt < 60) {
+      setTimeout(() => this.rollbackWhenFree(agent, reason, attempt + 1), 2000).unref();
+      return;
+    }
+    this.rollback(agent, reason).catch((e: Error) => this.logger.error({ err: e }, 'automatic rollback failed'));
   }
 
   async stop(): Promise<void> {
