@@ -34,6 +34,7 @@ import {
   quoteValue,
 } from '../src/camera/launch-string.js';
 import { formatPattern, listFolderImages } from '../src/camera/image-sequence.js';
+import { until } from './support/wait.js';
 
 const silent = pino({ level: 'silent' });
 
@@ -141,13 +142,6 @@ function camera(config: unknown, size = { width: 6, height: 4 }): FrameSource {
   return s;
 }
 
-async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 function record(source: GstFrameSource): { frames: Frame[]; states: SourceStatus[] } {
   const seen = { frames: [] as Frame[], states: [] as SourceStatus[] };
@@ -323,7 +317,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'test', pattern: 'red', fps: 50 });
     const seen = record(source);
     source.start();
-    await until(() => seen.frames.length >= 3, '3 frames');
+    await until('3 frames', () => seen.frames.length >= 3, 5000);
     const [first, second, third] = seen.frames;
     // 10 RGB pixels are 30 bytes; GStreamer pads rows to 32, so the raw buffer had 224 bytes.
     expect(first).toMatchObject({ format: 'RGB', width: 10, height: 7, index: 0 });
@@ -340,7 +334,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'file', path: dirs.colours, loop: false, fps: 40 }, { output: { format: 'RGB', width: 5, height: 3 } });
     const seen = record(source);
     source.start();
-    await until(() => source.status.state === 'ended', 'the end of the folder');
+    await until('the end of the folder', () => source.status.state === 'ended', 5000);
     expect(seen.frames.map((f) => f.index)).toEqual([0, 1, 2, 3]);
     seen.frames.forEach((frame, i) => {
       expect(frame.data.length).toBe(5 * 3 * 3);
@@ -353,7 +347,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'file', path: dirs.depth, loop: false, fps: 40 }, { output: { format: 'GRAY16_LE', width: 5, height: 3 } });
     const seen = record(source);
     source.start();
-    await until(() => source.status.state === 'ended', 'the end of the depth folder');
+    await until('the end of the depth folder', () => source.status.state === 'ended', 5000);
     expect(seen.frames).toHaveLength(DEPTH_VALUES.length);
     seen.frames.forEach((frame, i) => {
       expect(frame.data.length).toBe(5 * 3 * 2); // 10-byte rows, padded to 12 by GStreamer
@@ -367,7 +361,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'file', path: dirs.depthScaled, loop: false, fps: 40 }, { output: { format: 'GRAY16_LE', width: 2, height: 2 } });
     const seen = record(source);
     source.start();
-    await until(() => seen.frames.length === 1, 'the depth frame');
+    await until('the depth frame', () => seen.frames.length === 1, 5000);
     expect([...depthValues(seen.frames[0]!)].every((v) => v === 1000 || v === 65535)).toBe(true);
   });
 
@@ -378,7 +372,7 @@ describe('GstFrameSource', () => {
     const patternSeen = record(pattern);
     jpeg.start();
     pattern.start();
-    await until(() => jpeg.status.state === 'ended' && pattern.status.state === 'ended', 'both to end');
+    await until('both to end', () => jpeg.status.state === 'ended' && pattern.status.state === 'ended', 5000);
     const [r, g, b] = pixel(jpegSeen.frames[0]!, 0);
     expect(Math.abs(r! - 200) + Math.abs(g! - 40) + Math.abs(b! - 90)).toBeLessThan(12);
     expect(patternSeen.frames.map((f) => pixel(f, 0)[0])).toEqual([50, 100, 150]);
@@ -413,7 +407,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'test', pattern: 'snow', fps: 60, numBuffers: 4 });
     const seen = record(source);
     source.start();
-    await until(() => seen.frames.length >= 10, '10 frames over several runs');
+    await until('10 frames over several runs', () => seen.frames.length >= 10, 5000);
     expect(seen.frames.slice(0, 10).map((f) => f.index)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     const reconnecting = seen.states.filter((s) => s.state === 'reconnecting');
     expect(reconnecting.length).toBeGreaterThanOrEqual(2);
@@ -425,7 +419,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'pipeline', pipeline: `multifilesrc location=${quoteValue(path.join(root, 'gone', '%d.png'))} ! pngdec` });
     const seen = record(source);
     source.start();
-    await until(() => seen.states.filter((s) => s.state === 'reconnecting').length >= 3, '3 failed attempts');
+    await until('3 failed attempts', () => seen.states.filter((s) => s.state === 'reconnecting').length >= 3, 5000);
     const reconnecting = seen.states.filter((s) => s.state === 'reconnecting');
     expect(reconnecting[0]!.reason).toMatch(/Error while reading from file.*No such file or directory/);
     expect(reconnecting.map((s) => s.retryInMs)).toEqual([40, 80, 160]);
@@ -436,7 +430,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'v4l2', device: '/dev/null' });
     const seen = record(source);
     source.start();
-    await until(() => seen.states.some((s) => s.state === 'reconnecting'), 'the failure');
+    await until('the failure', () => seen.states.some((s) => s.state === 'reconnecting'), 5000);
     expect(seen.states.find((s) => s.state === 'reconnecting')).toMatchObject({
       cause: 'error',
       reason: expect.stringMatching(/^v4l2src0: .*'\/dev\/null'.*isn't a v4l2 driver/),
@@ -447,7 +441,7 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'pipeline', pipeline: 'videotestsrc is-live=true ! valve drop=true' }, { startTimeoutMs: 200 });
     const seen = record(source);
     source.start();
-    await until(() => seen.states.some((s) => s.state === 'reconnecting'), 'a stall');
+    await until('a stall', () => seen.states.some((s) => s.state === 'reconnecting'), 5000);
     expect(seen.states.find((s) => s.state === 'reconnecting')).toMatchObject({ cause: 'stall', reason: 'no frame within 200 ms of starting' });
   });
 
@@ -455,13 +449,13 @@ describe('GstFrameSource', () => {
     const source = frameSource({ kind: 'file', path: dirs.vanishing, loop: true, fps: 50 }, { output: { format: 'RGB', width: 4, height: 4 } });
     const seen = record(source);
     source.start();
-    await until(() => seen.frames.length >= 3, 'frames from the folder');
+    await until('frames from the folder', () => seen.frames.length >= 3, 5000);
     const saved = fs.readdirSync(dirs.vanishing).map((name) => [name, fs.readFileSync(path.join(dirs.vanishing, name))] as const);
     for (const [name] of saved) fs.rmSync(path.join(dirs.vanishing, name));
-    await until(() => seen.states.some((s) => s.state === 'reconnecting' && /holds no PNG or JPEG/.test(s.reason ?? '')), 'the empty folder to be noticed');
+    await until('the empty folder to be noticed', () => seen.states.some((s) => s.state === 'reconnecting' && /holds no PNG or JPEG/.test(s.reason ?? '')), 5000);
     const before = seen.frames.length;
     for (const [name, bytes] of saved) fs.writeFileSync(path.join(dirs.vanishing, name), bytes);
-    await until(() => seen.frames.length >= before + 3 && source.status.state === 'running', 'frames again');
+    await until('frames again', () => seen.frames.length >= before + 3 && source.status.state === 'running', 5000);
     expect(seen.frames.map((f) => f.index)).toEqual(seen.frames.map((_, i) => i));
     expect(pixel(seen.frames.at(-1)!, 0)[2]).toBeGreaterThanOrEqual(100);
   });
@@ -476,7 +470,7 @@ describe('GstFrameSource', () => {
     });
     source.onState(() => calls++);
     source.start();
-    await until(() => stopped !== undefined, 'a frame');
+    await until('a frame', () => stopped !== undefined, 5000);
     await stopped;
     expect(source.status.state).toBe('stopped');
     const after = calls;
@@ -501,7 +495,7 @@ describe('openSource', () => {
     const source = camera({ kind: 'test', pattern: 'white', fps: 50 });
     const got = collect(source);
     source.start();
-    await until(() => got.length >= 2, 'colour frames');
+    await until('colour frames', () => got.length >= 2, 5000);
     expect(source.mode).toBe('rgb');
     expect(got[0]!.depth).toBeUndefined();
     expect(got[0]!.colour).toMatchObject({ format: 'RGB', width: 6, height: 4 });
@@ -517,7 +511,7 @@ describe('openSource', () => {
     const statuses: SourceStatus[] = [];
     source.onStatus((s) => statuses.push(s));
     source.start();
-    await until(() => source.report().streams.every((s) => s.state === 'ended'), 'both streams to end');
+    await until('both streams to end', () => source.report().streams.every((s) => s.state === 'ended'), 5000);
     expect(got.map(imageOf)).toEqual([0, 1, 2, 3, 4].map((i) => [i, i]));
     expect(source.report().pairing).toMatchObject({ paired: 5, droppedColour: 0, droppedDepth: 0 });
     expect(new Set(statuses.map((s) => s.stream))).toEqual(new Set(['colour', 'depth']));
@@ -532,7 +526,7 @@ describe('openSource', () => {
     const drops: string[] = [];
     source.onDrop((reason) => drops.push(reason));
     source.start();
-    await until(() => got.length >= 6, '6 pairs');
+    await until('6 pairs', () => got.length >= 6, 5000);
     for (const pair of got) {
       const [colourImage, depthImage] = imageOf(pair);
       expect(colourImage).toBe(depthImage);
@@ -551,14 +545,14 @@ describe('openSource', () => {
     const statuses: SourceStatus[] = [];
     source.onStatus((s) => statuses.push(s));
     source.start();
-    await until(() => got.length >= 7, 'pairs past the first loop');
+    await until('pairs past the first loop', () => got.length >= 7, 5000);
     // The colour images vanish: only the colour stream fails, the depth stream would run on.
     const saved = fs.readdirSync(dirs.orderColour).map((name) => [name, fs.readFileSync(path.join(dirs.orderColour, name))] as const);
     for (const [name] of saved) fs.rmSync(path.join(dirs.orderColour, name));
-    await until(() => statuses.some((s) => s.stream === 'colour' && /holds no PNG/.test(s.reason ?? '')), 'the colour stream to fail');
+    await until('the colour stream to fail', () => statuses.some((s) => s.stream === 'colour' && /holds no PNG/.test(s.reason ?? '')), 5000);
     const before = got.length;
     for (const [name, bytes] of saved) fs.writeFileSync(path.join(dirs.orderColour, name), bytes);
-    await until(() => got.length >= before + 7, 'pairs after the colour stream is back');
+    await until('pairs after the colour stream is back', () => got.length >= before + 7, 5000);
     expect(got.map(imageOf).filter(([colourImage, depthImage]) => colourImage !== depthImage)).toEqual([]);
     expect(statuses.some((s) => s.stream === 'depth' && s.state === 'reconnecting' && s.cause === 'restart')).toBe(true);
   });

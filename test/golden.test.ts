@@ -11,9 +11,9 @@ import { assembleBundle, type AssembleInput } from '../src/bundle/assemble.js';
 import { BundleManifestSchema } from '../src/config/bundle-manifest.js';
 import { BundleError, readBundle } from '../src/bundle/bundle-store.js';
 import { compareGoldenScores, goldenSamplesFor } from '../src/bundle/golden.js';
-import { ensureDefaultBackbone } from '../src/model/backbone/mobilenet-v2.js';
 import { Detector } from '../src/runtime/detector.js';
-import { tinyModel, writeTinyBundle } from './helpers/tiny-bundle.js';
+import { writeTinyBundle } from './helpers/tiny-bundle.js';
+import { agentBundleInput } from './helpers/agent-bundle.js';
 
 const SIZE = 64;
 const COUNT = 3;
@@ -35,26 +35,7 @@ async function scoreImages(dir: string, imgs: Uint8Array, count: number): Promis
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'ast-golden-'));
-  const backbone = await ensureDefaultBackbone({});
-  const { params, teacher, student } = tinyModel('rgb', backbone.outputs.reduce((s, x) => s + x.channels, 0));
-  input = {
-    id: 'golden-test',
-    version: '1.0.0',
-    preset: 'custom',
-    params,
-    teacher,
-    student,
-    input: { width: SIZE, height: SIZE, mean: backbone.input.mean, std: backbone.input.std },
-    backbone: {
-      bytes: await readFile(backbone.file),
-      name: backbone.family,
-      description: 'test',
-      inputName: backbone.input.name,
-      outputs: backbone.outputs.map((x) => ({ name: x.name, layer: x.layer, channels: x.channels, stride: x.stride })),
-    },
-    calibration: null,
-    provenance: { source: 'synthetic', tool: 'test', createdAt: '2025-01-01T00:00:00.000Z' },
-  };
+  input = await agentBundleInput({ id: 'golden-test', size: SIZE, calibration: null, createdAt: '2025-01-01T00:00:00.000Z' });
   await assembleBundle(join(root, 'plain'), input);
   images = new Uint8Array(COUNT * SIZE * SIZE * 3).map((_, i) => (i * 37 + (i >> 7) * 11) & 0xff);
   scores = await scoreImages(join(root, 'plain'), images, COUNT);

@@ -12,10 +12,10 @@ import { CommandServer } from '../src/publish/command-server.js';
 import { EmbeddedBroker } from '../src/publish/embedded-broker.js';
 import { MqttConnection, type MqttConfig } from '../src/publish/mqtt-connection.js';
 import { TestBroker } from './support/mosquitto.js';
+import { sleep } from './support/wait.js';
 
 const silent = pino({ level: 'silent' });
 const IDENTITY = { agentVersion: '0.1.0', model: { id: 'demo', version: '1.0.0' }, provider: 'cpu' };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function mqttConfig(url: string): MqttConfig {
   return { url, embeddedPort: 1883, topicPrefix: 'ast', protocolVersion: 5, keepaliveS: 30, outbox: { maxMiB: 512, maxAgeHours: 168 }, metricsIntervalS: 0 };

@@ -35,6 +35,7 @@ while True:
             pid = int.from_bytes(payload[:4], "little")
     print(json.dumps({"lines": data.decode().split("\n"), "pid": pid}), flush=True)
 `;
+import { sleep } from './support/wait.js';
 
 interface Received {
   lines: string[];
@@ -79,7 +80,6 @@ class Listener {
   }
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const abstractAddress = () => `@ast-edge-test-${process.pid}-${randomBytes(4).toString('hex')}`;
 
 const cleanup: (() => unknown)[] = [];

@@ -9,8 +9,7 @@
 import type { Logger } from 'pino';
 import { readBundle } from '../bundle/bundle-store.js';
 import { openSource, type FrameSource, type SourceStatus } from '../camera/index.js';
-import type { AgentConfig } from '../config/agent-schema.js';
-import type { RuntimeOptions } from '../config/runtime-schema.js';
+import { runtimeOptionsOf, type AgentConfig } from '../config/agent-schema.js';
 import type { ResultSink } from '../publish/result-sink.js';
 import { LogResultSink } from '../publish/log-result-sink.js';
 import { DetectorThread, type FrameScorer } from '../runtime/detector-thread.js';
@@ -51,11 +50,6 @@ export interface AgentOptions {
   deferSource?: boolean;
 }
 
-function runtimeOptions(model: AgentConfig['model']): Partial<RuntimeOptions> {
-  const { providers, intraOpThreads, interOpThreads, spinWait, warmupRuns } = model;
-  return { providers, intraOpThreads, interOpThreads, spinWait, warmupRuns };
-}
-
 /** Loads, checks and warms up a bundle's fused detector for this station. */
 export async function loadDetector(config: AgentConfig, bundlePath: string, logger: Logger): Promise<FrameScorer> {
   let bundle;
@@ -72,7 +66,7 @@ export async function loadDetector(config: AgentConfig, bundlePath: string, logg
   const needsDepth = m.model.depthChannels > 0;
   if (needsDepth && !config.source.depth) throw new AgentStartError(`source.depth: model ${m.id} runs in ${m.model.mode} mode and needs a depth stream`);
   if (!needsDepth && config.source.depth) throw new AgentStartError(`source.depth: model ${m.id} runs in rgb mode; remove the depth stream or deploy an rgbd model`);
-  return DetectorThread.load(bundle.dir, runtimeOptions(config.model), logger.child({ part: 'detector' }));
+  return DetectorThread.load(bundle.dir, runtimeOptionsOf(config.model), logger.child({ part: 'detector' }));
 }
 
 export class Agent implements SwapTarget {

@@ -15,7 +15,7 @@ import { readBundle, sha256 } from '../bundle/bundle-store.js';
 import { ChunkAssembler, type ChunkOutcome } from '../bundle/delivery/chunk-assembler.js';
 import { downloadBundle } from '../bundle/delivery/download.js';
 import { ModelStore, type StagedBundle, type StoredVersion } from '../bundle/model-store.js';
-import type { AgentConfig } from '../config/agent-schema.js';
+import { runtimeOptionsOf, type AgentConfig } from '../config/agent-schema.js';
 import type { BundleManifest } from '../config/bundle-manifest.js';
 import type { InspectionOutcome, ResultSink } from '../publish/result-sink.js';
 import { DetectorThread, type FrameScorer } from '../runtime/detector-thread.js';
@@ -227,14 +227,7 @@ export class ModelUpdater implements ResultSink {
       if (problem) throw new UpdateError('checking', problem);
 
       step('loading', 'building the session and warming up', model);
-      const m = this.config.model;
-      detector = await DetectorThread.load(staged.dir, {
-        providers: m.providers,
-        intraOpThreads: m.intraOpThreads,
-        interOpThreads: m.interOpThreads,
-        spinWait: m.spinWait,
-        warmupRuns: m.warmupRuns,
-      }).catch((e: Error) => {
+      detector = await DetectorThread.load(staged.dir, runtimeOptionsOf(this.config.model)).catch((e: Error) => {
         throw new UpdateError('loading', e.message, { cause: e });
       });
 
@@ -292,14 +285,7 @@ export class ModelUpdater implements ResultSink {
     try {
       const previous = await this.store.previous();
       if (!previous) throw new UpdateError('rolled-back', 'no previous model version to roll back to');
-      const m = this.config.model;
-      const detector = await DetectorThread.load(previous.dir, {
-        providers: m.providers,
-        intraOpThreads: m.intraOpThreads,
-        interOpThreads: m.interOpThreads,
-        spinWait: m.spinWait,
-        warmupRuns: m.warmupRuns,
-      });
+      const detector = await DetectorThread.load(previous.dir, runtimeOptionsOf(this.config.model));
       const from = this.store.pointers().active;
       try {
         await agent.swapDetector(detector);

@@ -37,7 +37,6 @@ function normalizedThresholdOf(loop: InspectionLoop): number {
   const c = loop.detector.bundle.manifest.calibration!;
   return normalizeScore(loop.threshold, c);
 }
-const normalizedThreshold = (agent: Agent) => normalizedThresholdOf(agent.loop);
 
 export async function stationSinks(config: AgentConfig, ctx: SinkContext, options: StationSinkOptions): Promise<ResultSink[]> {
   const { logger } = options;
@@ -61,16 +60,22 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
   });
   sinks.push(mqtt);
 
-  let sparkplug: SparkplugNode | null = null;
-  const setThreshold = async (value: { normalized: number } | { raw: number }) => {
+  /** Commands act on the started agent; one that arrives during start-up is answered with an error. */
+  const runningAgent = (): Agent => {
     const agent = ctx.agent();
     if (!agent) throw new Error('the agent is still starting');
+    return agent;
+  };
+
+  let sparkplug: SparkplugNode | null = null;
+  const setThreshold = async (value: { normalized: number } | { raw: number }) => {
+    const agent = runningAgent();
     const m = manifest();
     // Saved before it applies: a threshold that could not be saved would silently revert at the next start.
     await agent.settings.update({ threshold: 'raw' in value ? { raw: value.raw, modelId: m.id, modelVersion: m.version } : { normalized: value.normalized } });
     const raw = loop.setThreshold(value);
     logger.info({ threshold: raw, setting: value }, 'threshold changed by command');
-    const normalized = normalizedThreshold(agent);
+    const normalized = normalizedThresholdOf(loop);
     sparkplug?.setThreshold(normalized);
     return { threshold: raw, normalized };
   };
@@ -87,9 +92,7 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
     schema: ReloadRequestSchema,
     timeoutMs: 120_000,
     handler: async () => {
-      const agent = ctx.agent();
-      if (!agent) throw new Error('the agent is still starting');
-      const m = await agent.reloadModel();
+      const m = await runningAgent().reloadModel();
       return { model: { id: m.id, version: m.version } };
     },
   });
@@ -99,11 +102,6 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
     logger.info({ update: p }, `model update: ${p.step}`);
     const payload = JSON.stringify({ ok: true, ...(transaction !== undefined ? { transaction } : {}), final: false, ...p });
     mqtt.connection.publish(mqtt.connection.topics.commandResponse('model-update'), payload, { qos: 1 }).catch(() => undefined);
-  };
-  const runningAgent = () => {
-    const agent = ctx.agent();
-    if (!agent) throw new Error('the agent is still starting');
-    return agent;
   };
   mqtt.commands.register('model-update', {
     schema: ModelUpdateRequestSchema,

@@ -4,7 +4,7 @@
  * contract with users and tests; add, never rename.
  */
 import { z } from 'zod';
-import { ProviderSchema } from './runtime-schema.js';
+import { ProviderSchema, type RuntimeOptions } from './runtime-schema.js';
 
 /** Station ids become MQTT topic levels and Sparkplug device ids: no wildcards, separators or spaces. */
 const TOPIC_LEVEL = /^[A-Za-z0-9_.-]+$/;
@@ -255,3 +255,9 @@ export const AgentConfigSchema = z.strictObject({
     .prefault({}),
 }).describe('Configuration of the ast-edge inspection agent (ast-agent run --config FILE).');
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;
+
+/** How ONNX Runtime runs this station's detectors (the same for the running model and every update). */
+export function runtimeOptionsOf(model: AgentConfig['model']): Partial<RuntimeOptions> {
+  const { providers, intraOpThreads, interOpThreads, spinWait, warmupRuns } = model;
+  return { providers, intraOpThreads, interOpThreads, spinWait, warmupRuns };
+}

@@ -18,15 +18,20 @@ export const BRICK = '/usr/lib/python3/dist-packages/skimage/data/brick.png';
 
 export const silentLogger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
 
-/** A fused RGB bundle (real MobileNetV2 backbone, tiny random head) at `size`×`size`, calibrated. */
-export async function writeAgentBundle(
-  dir: string,
-  o: { id?: string; version?: string; size?: number; calibration?: Calibration | null; golden?: boolean } = {},
-): Promise<string> {
+interface AgentBundleOptions {
+  id?: string;
+  version?: string;
+  size?: number;
+  calibration?: Calibration | null;
+  createdAt?: string;
+}
+
+/** What assembleBundle takes for a fused RGB bundle: the real MobileNetV2 backbone, a tiny random head, `size`×`size`. */
+export async function agentBundleInput(o: AgentBundleOptions = {}): Promise<AssembleInput> {
   const backbone = await ensureDefaultBackbone({});
   const { params, teacher, student } = tinyModel('rgb', backbone.outputs.reduce((s, x) => s + x.channels, 0));
   const size = o.size ?? 64;
-  const input: AssembleInput = {
+  return {
     id: o.id ?? 'agent-test',
     version: o.version ?? '1.0.0',
     preset: 'custom',
@@ -42,8 +47,14 @@ export async function writeAgentBundle(
       outputs: backbone.outputs.map((x) => ({ name: x.name, layer: x.layer, channels: x.channels, stride: x.stride })),
     },
     calibration: o.calibration === undefined ? { threshold: 1, goodMean: 0.5, goodStd: 0.25, method: 'manual', samples: 0 } : o.calibration,
-    provenance: { source: 'synthetic', tool: 'test', createdAt: new Date().toISOString() },
+    provenance: { source: 'synthetic', tool: 'test', createdAt: o.createdAt ?? new Date().toISOString() },
   };
+}
+
+/** A fused RGB bundle (see agentBundleInput), calibrated unless told otherwise; `golden` adds self-test samples. */
+export async function writeAgentBundle(dir: string, o: AgentBundleOptions & { golden?: boolean } = {}): Promise<string> {
+  const input = await agentBundleInput(o);
+  const size = input.input.width;
   await assembleBundle(dir, input);
   if (o.golden) {
     // Two brick crops scored by the bundle's own detector: what the device's self-test must reproduce.
