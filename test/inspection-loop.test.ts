@@ -13,6 +13,7 @@ import { readBundle } from '../src/bundle/bundle-store.js';
 import type { Frame } from '../src/camera/frame.js';
 import { AgentConfigSchema } from '../src/config/agent-schema.js';
 import type { InspectionRecord } from '../src/config/result-schema.js';
+import type { ResultSink } from '../src/publish/result-sink.js';
 import { Detector } from '../src/runtime/detector.js';
 import { silentLogger, tempDir, writeAgentBundle } from './helpers/agent-bundle.js';
 import { until } from './support/wait.js';
@@ -34,12 +35,12 @@ function frame(index: number): { colour: Frame } {
   return { colour: { format: 'RGB', width: 64, height: 64, data: new Uint8Array(64 * 64 * 3).fill(index * 7), capturedAt: now, capturedAtWall: Date.now(), index } };
 }
 
-async function loopWith(stateDir: string, inspection: Record<string, unknown> = {}, block = 1000) {
+async function loopWith(stateDir: string, inspection: Record<string, unknown> = {}, block = 1000, extraSinks: ResultSink[] = []) {
   const records: InspectionRecord[] = [];
   const config = AgentConfigSchema.parse({ station: 's', source: { kind: 'test' }, model: { bundle: 'x' }, inspection });
   const loop = new InspectionLoop(
     detector,
-    [{ name: 't', start: async () => {}, stop: async () => {}, publish: (o) => void records.push(o.record) }],
+    [{ name: 't', start: async () => {}, stop: async () => {}, publish: (o) => void records.push(o.record) }, ...extraSinks],
     await SequenceStore.open(stateDir, block),
     new AgentMetrics('s', false),
     { station: 's', inspection: config.inspection },
@@ -49,6 +50,27 @@ async function loopWith(stateDir: string, inspection: Record<string, unknown> = 
 }
 
 describe('inspection loop fail-safe edges', () => {
+  it('hands each result to the sink carrying rejects first, then to the others in their order; a throwing sink stops none', async () => {
+    const order: string[] = [];
+    const sink = (name: string, carriesRejects = false, throws = false): ResultSink => ({
+      name,
+      carriesRejects,
+      start: async () => {},
+      stop: async () => {},
+      publish: (o) => {
+        order.push(`${name}:${o.record.seq}`);
+        if (throws) throw new Error(`${name} broke`);
+      },
+    });
+    const { loop, records } = await loopWith(await tempDir('loop-state'), {}, 1000, [sink('log', false, true), sink('mqtt', true), sink('capture')]);
+    loop.offerFrame(frame(1));
+    await until('verdict', () => records.length === 1, 10_000);
+    await until('all sinks', () => order.length === 3, 10_000);
+    const seq = records[0]!.seq;
+    expect(order).toEqual([`mqtt:${seq}`, `log:${seq}`, `capture:${seq}`]);
+    await loop.stop(1000);
+  });
+
   it('still gives every part its verdict when sequence numbers can no longer be reserved on disk', async () => {
     const state = await tempDir('loop-state');
     const { loop, records } = await loopWith(state, { queueLength: 64 }, 2);

@@ -10,16 +10,13 @@ import { z } from 'zod';
 import { CommandResponseSchema, SetThresholdRequestSchema, type CommandResponse } from '../src/config/mqtt-payloads.js';
 import { CommandServer } from '../src/publish/command-server.js';
 import { EmbeddedBroker } from '../src/publish/embedded-broker.js';
-import { MqttConnection, type MqttConfig } from '../src/publish/mqtt-connection.js';
+import { MqttConnection } from '../src/publish/mqtt-connection.js';
+import { testMqttConfig } from './support/mqtt-config.js';
 import { TestBroker } from './support/mosquitto.js';
 import { sleep } from './support/wait.js';
 
 const silent = pino({ level: 'silent' });
 const IDENTITY = { agentVersion: '0.1.0', model: { id: 'demo', version: '1.0.0' }, provider: 'cpu' };
-
-function mqttConfig(url: string): MqttConfig {
-  return { url, embeddedPort: 1883, topicPrefix: 'ast', protocolVersion: 5, keepaliveS: 30, outbox: { maxMiB: 512, maxAgeHours: 168 }, metricsIntervalS: 0 };
-}
 
 interface Received {
   topic: string;
@@ -61,7 +58,7 @@ const stops: (() => Promise<unknown>)[] = [];
 const thresholdCalls: unknown[] = [];
 
 async function serve(url: string, clientId?: string, logger = silent): Promise<{ conn: MqttConnection; server: CommandServer }> {
-  const mqtt = { ...mqttConfig(url), ...(clientId ? { clientId } : {}) };
+  const mqtt = { ...testMqttConfig(url), ...(clientId ? { clientId } : {}) };
   const conn = await MqttConnection.create({ mqtt, station: 'st1', identity: IDENTITY, logger: silent });
   const server = new CommandServer({ connection: conn, logger, status: () => ({ queued: 3 }) });
   server.register('set-threshold', {

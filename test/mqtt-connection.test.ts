@@ -11,15 +11,12 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StatusPayloadSchema } from '../src/config/mqtt-payloads.js';
 import { EmbeddedBroker } from '../src/publish/embedded-broker.js';
-import { MqttConnection, type MqttConfig } from '../src/publish/mqtt-connection.js';
+import { MqttConnection } from '../src/publish/mqtt-connection.js';
+import { testMqttConfig } from './support/mqtt-config.js';
 import { freePort, TestBroker } from './support/mosquitto.js';
 import { until } from './support/wait.js';
 
 const IDENTITY = { agentVersion: '0.1.0', model: { id: 'demo-part', version: '1.2.3' }, provider: 'cpu' };
-
-function mqttConfig(url: string, extra: Partial<MqttConfig> = {}): MqttConfig {
-  return { url, embeddedPort: 1883, topicPrefix: 'ast', protocolVersion: 5, keepaliveS: 30, outbox: { maxMiB: 512, maxAgeHours: 168 }, metricsIntervalS: 0, ...extra };
-}
 
 interface LogLine {
   level: number;
@@ -68,7 +65,7 @@ afterAll(async () => {
 
 describe('MqttConnection', () => {
   it('publishes a retained online status with version info, and a retained offline on a clean stop', async () => {
-    const conn = await MqttConnection.create({ mqtt: mqttConfig(broker.url), station: 'st-a', identity: IDENTITY, logger: silent });
+    const conn = await MqttConnection.create({ mqtt: testMqttConfig(broker.url), station: 'st-a', identity: IDENTITY, logger: silent });
     conn.start();
     await conn.waitUntilOnline(5000);
     expect(conn.clientId).toBe('ast-edge-st-a');
@@ -106,7 +103,7 @@ describe('MqttConnection', () => {
         `import { MqttConnection } from ${JSON.stringify(moduleUrl)};`,
         `const noop = () => {};`,
         `const logger = { info: noop, warn: noop, error: noop, debug: noop };`,
-        `const conn = await MqttConnection.create({ mqtt: ${JSON.stringify(mqttConfig(broker.url, { keepaliveS: 60 }))}, station: 'st-kill',`,
+        `const conn = await MqttConnection.create({ mqtt: ${JSON.stringify(testMqttConfig(broker.url, { keepaliveS: 60 }))}, station: 'st-kill',`,
         `  identity: ${JSON.stringify(IDENTITY)}, logger });`,
         `conn.start();`,
         `await conn.waitUntilOnline(10000);`,
@@ -143,7 +140,7 @@ describe('MqttConnection', () => {
     const embedded = await EmbeddedBroker.start({ port: 0 });
     cleanups.push(() => embedded.stop());
     const { logger, lines } = capturingLogger();
-    const conn = await MqttConnection.create({ mqtt: mqttConfig(embedded.url), station: 'st-v4', identity: IDENTITY, logger });
+    const conn = await MqttConnection.create({ mqtt: testMqttConfig(embedded.url), station: 'st-v4', identity: IDENTITY, logger });
     cleanups.push(() => conn.stop());
     conn.start();
     await conn.waitUntilOnline(5000);
@@ -171,7 +168,7 @@ describe('MqttConnection', () => {
   it('reconnects with backoff after a broker outage, logging the state change once, not every retry', async () => {
     const { logger, lines } = capturingLogger();
     const conn = await MqttConnection.create({
-      mqtt: mqttConfig(broker.url),
+      mqtt: testMqttConfig(broker.url),
       station: 'st-r',
       identity: IDENTITY,
       logger,
@@ -233,15 +230,15 @@ describe('MqttConnection', () => {
     const tls = { ca: join(dir, 'ca.crt'), cert: join(dir, 'client.crt'), key: join(dir, 'client.key'), rejectUnauthorized: true };
 
     await expect(
-      MqttConnection.create({ mqtt: mqttConfig(url, { tls: { ...tls, ca: join(dir, 'nope.crt') } }), station: 's', identity: IDENTITY, logger: silent }),
+      MqttConnection.create({ mqtt: testMqttConfig(url, { tls: { ...tls, ca: join(dir, 'nope.crt') } }), station: 's', identity: IDENTITY, logger: silent }),
     ).rejects.toThrow(`mqtt.tls.ca: cannot read ${join(dir, 'nope.crt')} (ENOENT)`);
-    await expect(MqttConnection.create({ mqtt: mqttConfig(`mqtt://127.0.0.1:${port}`, { tls }), station: 's', identity: IDENTITY, logger: silent })).rejects.toThrow(
+    await expect(MqttConnection.create({ mqtt: testMqttConfig(`mqtt://127.0.0.1:${port}`, { tls }), station: 's', identity: IDENTITY, logger: silent })).rejects.toThrow(
       /not mqtts/,
     );
 
     // The password from the environment wins over the file's.
     const conn = await MqttConnection.create({
-      mqtt: mqttConfig(url, { tls, username: 'edge', password: 'wrong' }),
+      mqtt: testMqttConfig(url, { tls, username: 'edge', password: 'wrong' }),
       station: 'st-tls',
       identity: IDENTITY,
       logger: silent,
@@ -254,7 +251,7 @@ describe('MqttConnection', () => {
 
     const { logger, lines } = capturingLogger();
     const refused = await MqttConnection.create({
-      mqtt: mqttConfig(url, { tls, username: 'edge', password: 'wrong' }),
+      mqtt: testMqttConfig(url, { tls, username: 'edge', password: 'wrong' }),
       station: 'st-tls2',
       identity: IDENTITY,
       logger,

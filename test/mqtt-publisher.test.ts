@@ -9,6 +9,7 @@ import { connectAsync, type MqttClient } from 'mqtt';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { AgentMetrics } from '../src/agent/agent-metrics.js';
 import { AgentConfigSchema } from '../src/config/agent-schema.js';
 import { CommandResponseSchema, ResultPayloadSchema, StatusPayloadSchema, type ResultPayload } from '../src/config/mqtt-payloads.js';
 import type { InspectionRecord } from '../src/config/result-schema.js';
@@ -115,5 +116,35 @@ describe('MqttPublisher', () => {
     await until('acknowledged', () => second.stats()?.pending === 0);
     await second.stop();
     await sub.client.endAsync();
+  }, 30_000);
+
+  it("puts the outbox's figures on /metrics: pending, drops by reason, where its writes run", async () => {
+    const port = await freePort(); // nothing listens: every message stays in the outbox
+    const cfg = config(mkdtempSync(join(tmpdir(), 'ast-pub-')), { url: `mqtt://127.0.0.1:${port}` });
+    const publisher = await MqttPublisher.create({ config: cfg, identity: IDENTITY, logger: silent, outbox: { maxBytes: 16 * 1024 } });
+    const metrics = new AgentMetrics('st1', false);
+    metrics.observeOutbox(() => publisher.outboxStats());
+    const scrape = async (name: string, labels = '') => {
+      const line = (await metrics.registry.metrics()).split('\n').find((l) => l.startsWith(`${name}{${labels}`));
+      return line === undefined ? undefined : Number(line.split(' ').at(-1));
+    };
+    expect(await scrape('ast_outbox_pending')).toBe(0); // not open yet
+    await publisher.start();
+    publisher.publish({ record: record(1) }); // a reject: result + reject
+    publisher.publish({ record: record(2) });
+    await until('journaled', () => publisher.outboxStats()?.pending === 3);
+    expect(await scrape('ast_outbox_pending', 'station="st1"')).toBe(3);
+    expect(await scrape('ast_outbox_inline_writes')).toBe(1);
+    expect(await scrape('ast_outbox_slow_writes_total')).toBe(0);
+    expect(await scrape('ast_outbox_oldest_age_seconds')).toBeGreaterThanOrEqual(0);
+
+    // A 16 KiB journal overflows: the oldest are dropped, and the counter follows the outbox's own count.
+    for (let seq = 3; seq <= 120; seq++) publisher.publish({ record: record(seq) });
+    await until('dropped for size', () => (publisher.outboxStats()?.droppedForSize ?? 0) > 0);
+    const stats = publisher.outboxStats()!;
+    expect(await scrape('ast_outbox_dropped_total', 'reason="size"')).toBe(stats.droppedForSize);
+    expect(await scrape('ast_outbox_dropped_total', 'reason="size"')).toBe(stats.droppedForSize); // a second scrape adds nothing
+    expect(await scrape('ast_outbox_bytes')).toBeLessThanOrEqual(16 * 1024 + 28 * 120);
+    await publisher.stop();
   }, 30_000);
 });

@@ -20,7 +20,8 @@ import {
 } from '../src/config/mqtt-payloads.js';
 import type { InspectionRecord, InspectionVerdict } from '../src/config/result-schema.js';
 import { EmbeddedBroker } from '../src/publish/embedded-broker.js';
-import { MqttConnection, type MqttConfig } from '../src/publish/mqtt-connection.js';
+import { MqttConnection } from '../src/publish/mqtt-connection.js';
+import { testMqttConfig } from './support/mqtt-config.js';
 import { MqttResultSink, type MqttResultSinkOptions, type OutboxEntry, type OutboxLike } from '../src/publish/mqtt-result-sink.js';
 import { Outbox } from '../src/publish/outbox.js';
 import type { InspectionOutcome } from '../src/publish/result-sink.js';
@@ -94,10 +95,6 @@ const results = (ms: Received[]): ResultPayload[] => ms.filter((m) => m.topic ==
 const on = (ms: Received[], topic: string) => ms.filter((m) => m.topic === `ast/st1/${topic}`);
 const distinctSeqs = (ms: Received[]) => new Set(results(ms).map((r) => r.seq));
 
-function mqttConfig(url: string): MqttConfig {
-  return { url, embeddedPort: 1883, topicPrefix: 'ast', protocolVersion: 5, keepaliveS: 30, outbox: { maxMiB: 512, maxAgeHours: 168 }, metricsIntervalS: 0 };
-}
-
 /** The real durable outbox in a fresh folder (or `dir`), closed after the test. */
 async function openOutbox(dir = mkdtempSync(join(tmpdir(), 'ast-mqtt-outbox-'))): Promise<Outbox> {
   const outbox = await Outbox.open(dir, { maxBytes: 1 << 20, maxAgeMs: 3_600_000, logger: silent });
@@ -109,7 +106,7 @@ let broker: TestBroker;
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 
 async function connection(url = broker.url): Promise<MqttConnection> {
-  const conn = await MqttConnection.create({ mqtt: mqttConfig(url), station: 'st1', identity: IDENTITY, logger: silent, backoff: { initialMs: 100, maxMs: 300 } });
+  const conn = await MqttConnection.create({ mqtt: testMqttConfig(url), station: 'st1', identity: IDENTITY, logger: silent, backoff: { initialMs: 100, maxMs: 300 } });
   cleanups.push(() => conn.stop());
   conn.start();
   await conn.waitUntilOnline(5000);

@@ -10,10 +10,11 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import pino from 'pino';
-import { afterEach, describe, expect, test } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { Outbox, OutboxError, type OutboxEntry, type OutboxOptions } from '../src/publish/outbox.js';
 import { crc32, crc32Portable } from '../src/publish/outbox/crc32.js';
 import { MAGIC } from '../src/publish/outbox/frame.js';
+import { InlineWritePolicy } from '../src/publish/outbox/inline-writes.js';
 
 const REPO = resolve(fileURLToPath(import.meta.url), '../..');
 const OUTBOX_MODULE = pathToFileURL(join(REPO, 'src/publish/outbox.ts')).href;
@@ -42,8 +43,18 @@ function capture() {
 }
 
 const ONE_HOUR = 3_600_000;
+/**
+ * Journal writes run on the event loop by default and on the I/O thread pool when they are slow
+ * (outbox/inline-writes.ts); the tests marked "both write paths" set this to 0 for the thread pool.
+ */
+let writeBudgetMs: number | undefined;
+const WRITE_PATHS = [
+  ['event-loop writes', undefined],
+  ['thread-pool writes', 0],
+] as const;
 async function openBox<T = unknown>(dir: string, options: Partial<OutboxOptions> = {}): Promise<Outbox<T>> {
-  return Outbox.open<T>(dir, { maxBytes: 1 << 20, maxAgeMs: ONE_HOUR, ...options });
+  const budget = writeBudgetMs === undefined ? {} : { inlineWriteBudgetMs: writeBudgetMs };
+  return Outbox.open<T>(dir, { maxBytes: 1 << 20, maxAgeMs: ONE_HOUR, ...budget, ...options });
 }
 
 const ids = (entries: OutboxEntry[]) => entries.map((e) => e.id);
@@ -60,7 +71,17 @@ function frameOffsets(file: string): number[] {
   return out;
 }
 
-describe('outbox: journal basics', () => {
+describe.each(WRITE_PATHS)('outbox: journal basics (%s)', (_, budget) => {
+  beforeAll(() => void (writeBudgetMs = budget));
+  afterAll(() => void (writeBudgetMs = undefined));
+
+  test('writes on the path chosen: stats say which', async () => {
+    const box = await openBox(tempDir());
+    await box.append('t', { n: 1 });
+    expect(box.stats()).toMatchObject({ inlineWrites: budget !== 0, inlineWriteOverruns: 0 });
+    await box.close();
+  });
+
   test('appends resolve in id order, share one commit per tick, and pending lists them in order', async () => {
     const dir = tempDir();
     const box = await openBox(dir);
@@ -156,6 +177,58 @@ describe('outbox: journal basics', () => {
     expect(crc32Portable(Buffer.from('123456789'))).toBe(0xcbf43926);
     expect(crc32(bytes)).toBe(crc32Portable(bytes));
     expect(crc32(bytes.subarray(10), crc32(bytes.subarray(0, 10)))).toBe(crc32Portable(bytes));
+  });
+});
+
+describe('outbox: where writes run', () => {
+  test('the policy: inline while writes keep within the budget; repeated overruns or one stall pool them for the back-off', () => {
+    let now = 1000;
+    const policy = new InlineWritePolicy({ budgetMs: 4, backoffMs: 30_000, now: () => now });
+    expect(policy.inline()).toBe(true);
+    expect(policy.record(3.9)).toBeNull();
+    expect(policy.record(4)).toBeNull();
+    // Two overruns among twenty writes: noise, stays inline.
+    expect(policy.record(12)).toBeNull();
+    for (let i = 0; i < 10; i++) policy.record(1);
+    expect(policy.record(9)).toBeNull();
+    expect(policy.inline()).toBe(true);
+    // A third within the last twenty: a slow medium.
+    expect(policy.record(6)).toEqual({ inline: false, tookMs: 6, overrunsInWindow: 3 });
+    expect(policy.inline()).toBe(false);
+    now += 29_999;
+    expect(policy.inline()).toBe(false);
+    now += 1;
+    expect(policy.inline()).toBe(true);
+    // Back inline with a clean window: one overrun is noise again, but a tenfold stall switches at once.
+    expect(policy.record(6)).toBeNull();
+    expect(policy.record(40.5)).toEqual({ inline: false, tookMs: 40.5, overrunsInWindow: 2 });
+    expect(policy.overruns).toBe(5);
+    // Overruns spread out (fewer than three in any twenty writes) never switch.
+    const spread = new InlineWritePolicy({ budgetMs: 4, now: () => now });
+    for (let i = 0; i < 200; i++) expect(spread.record(i % 10 === 0 ? 8 : 1)).toBeNull();
+    expect(spread.inline()).toBe(true);
+    expect(new InlineWritePolicy({ budgetMs: 0 }).inline()).toBe(false);
+  });
+
+  test('a write over the budget moves writes to the thread pool, says so once, and loses nothing', async () => {
+    const dir = tempDir();
+    const log = capture();
+    // No real write takes under a nanosecond: the first inline write overruns the budget tenfold.
+    let box = await openBox(dir, { inlineWriteBudgetMs: 1e-6, logger: log.logger });
+    expect(box.stats().inlineWrites).toBe(true);
+    await box.append('t', { n: 1 });
+    expect(box.stats()).toMatchObject({ inlineWrites: false, inlineWriteOverruns: 1 });
+    const slow = log.find(/block the event loop too long/);
+    expect(slow).toHaveLength(1);
+    expect(slow[0]).toMatchObject({ level: 40, file: expect.stringMatching(new RegExp(`^${dir}.*\\.log$`)) });
+    const more = await Promise.all(range(2, 30).map((n) => box.append('t', { n })));
+    expect(ids(more)).toEqual(range(2, 30));
+    await box.ack(5);
+    expect(box.stats().inlineWriteOverruns).toBe(1); // thread-pool writes are not timed against the budget
+    await box.close();
+    box = await openBox(dir);
+    expect(ids(await box.pending())).toEqual(range(1, 30).filter((id) => id !== 5));
+    await box.close();
   });
 });
 
@@ -362,7 +435,7 @@ describe('outbox: damaged files', () => {
 /** A child Node process running the outbox from the TypeScript sources (tsx), reporting on stdout. */
 const CHILD = `
 const { Outbox } = await import(process.env.OUTBOX_MODULE);
-const box = await Outbox.open(process.env.OUTBOX_DIR, { maxBytes: 64 << 20, maxAgeMs: 3600000, segmentBytes: 32768 });
+const box = await Outbox.open(process.env.OUTBOX_DIR, { maxBytes: 64 << 20, maxAgeMs: 3600000, segmentBytes: 32768, ...(process.env.WRITE_BUDGET_MS ? { inlineWriteBudgetMs: Number(process.env.WRITE_BUDGET_MS) } : {}) });
 const say = (line) => process.stdout.write(line + '\\n');
 say('ready ' + process.pid);
 if (process.env.MODE === 'hold') {
@@ -397,10 +470,10 @@ interface Child {
   exited: Promise<void>;
 }
 
-function startChild(dir: string, mode: 'produce' | 'hold'): Child {
+function startChild(dir: string, mode: 'produce' | 'hold', writeBudget?: number): Child {
   const proc = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', CHILD], {
     cwd: REPO,
-    env: { ...process.env, OUTBOX_MODULE, OUTBOX_DIR: dir, MODE: mode },
+    env: { ...process.env, OUTBOX_MODULE, OUTBOX_DIR: dir, MODE: mode, ...(writeBudget === undefined ? {} : { WRITE_BUDGET_MS: String(writeBudget) }) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];
@@ -440,14 +513,14 @@ function startChild(dir: string, mode: 'produce' | 'hold'): Child {
 }
 
 describe('outbox: crashes and locking', () => {
-  test('SIGKILL mid-run, three times over: every entry reported durable is pending, in order, intact', async () => {
+  test.each(WRITE_PATHS)('SIGKILL mid-run, three times over (%s): every entry reported durable is pending, in order, intact', async (_, budget) => {
     const dir = tempDir();
     const durable = new Map<number, number>(); // id -> payload n
     const ackRequested = new Set<number>(); // may or may not be pending: the ack raced the kill
     const acked = new Set<number>(); // ack() resolved: its record was written
     let previousMax = 0;
     for (let round = 0; round < 3; round++) {
-      const child = startChild(dir, 'produce');
+      const child = startChild(dir, 'produce', budget);
       const want = 150 + round * 97;
       await child.waitFor((lines) => lines.filter((l) => l.startsWith('D ')).length >= want);
       await new Promise((r) => setTimeout(r, round * 7));
@@ -516,7 +589,7 @@ describe('outbox: crashes and locking', () => {
     await again.close();
   });
 
-  test('disk full (ENOSPC on a real 256 KiB tmpfs): appends reject naming the file, nothing earlier is harmed, and it recovers', async (ctx) => {
+  test.for(WRITE_PATHS)('disk full (ENOSPC on a real 256 KiB tmpfs, %s): appends reject naming the file, nothing earlier is harmed, and it recovers', { timeout: 30_000 }, async ([, budget], ctx) => {
     const mnt = tempDir();
     try {
       execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', mnt], { stdio: 'pipe' });
@@ -527,7 +600,7 @@ describe('outbox: crashes and locking', () => {
     try {
       const dir = join(mnt, 'outbox');
       const log = capture();
-      const options = { maxBytes: 8 << 20, segmentBytes: 16 * 1024, logger: log.logger };
+      const options = { maxBytes: 8 << 20, segmentBytes: 16 * 1024, logger: log.logger, ...(budget === undefined ? {} : { inlineWriteBudgetMs: budget }) };
       box = await openBox(dir, options);
       const durable: number[] = [];
       let failure: unknown = null;
@@ -568,5 +641,5 @@ describe('outbox: crashes and locking', () => {
       await box?.close();
       execFileSync('umount', [mnt], { stdio: 'pipe' });
     }
-  }, 30_000);
+  });
 });

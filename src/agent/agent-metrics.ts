@@ -4,6 +4,18 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** What observeOutbox reads (the outbox's own stats, src/publish/outbox.ts). */
+export interface OutboxFigures {
+  pending: number;
+  bytes: number;
+  oldestAgeMs: number | null;
+  droppedForSize: number;
+  droppedForAge: number;
+  droppedOnError: number;
+  inlineWrites: boolean;
+  inlineWriteOverruns: number;
+}
+
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5];
 
 export class AgentMetrics {
@@ -62,6 +74,56 @@ export class AgentMetrics {
   countVerdict(verdict: 'pass' | 'reject' | 'error'): void {
     this.inspections.inc({ verdict });
     this.tally[verdict]++;
+  }
+
+  /**
+   * The MQTT outbox's figures, read at each scrape from `stats` (null while the outbox is not open): what
+   * waits for the broker, how old it is, what the bounds made it drop, and where its writes run.
+   */
+  observeOutbox(stats: () => OutboxFigures | null): void {
+    const r = [this.registry];
+    const gauge = (name: string, help: string, read: (s: OutboxFigures) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: r,
+        collect() {
+          const s = stats();
+          if (s) this.set(read(s));
+        },
+      });
+    gauge('ast_outbox_pending', 'Results and rejects journaled, not yet acknowledged by the broker', (s) => s.pending);
+    gauge('ast_outbox_bytes', 'Size of the journal files', (s) => s.bytes);
+    gauge('ast_outbox_oldest_age_seconds', 'Age of the oldest message waiting for the broker (0 when none)', (s) => (s.oldestAgeMs ?? 0) / 1000);
+    gauge('ast_outbox_inline_writes', '1 while journal writes run on the event loop, 0 while on the I/O thread pool (after a slow write)', (s) => (s.inlineWrites ? 1 : 0));
+    // Counters the outbox keeps itself, published as their totals: each scrape adds what is new.
+    const seen = { size: 0, age: 0, error: 0, overruns: 0 };
+    const advance = (counter: Counter<string>, key: keyof typeof seen, total: number, labels: Record<string, string> = {}) => {
+      if (total > seen[key]) counter.inc(labels, total - seen[key]);
+      seen[key] = Math.max(seen[key], total);
+    };
+    new Counter({
+      name: 'ast_outbox_dropped_total',
+      help: 'Messages the journal dropped: size or age bound, or a failed write',
+      labelNames: ['reason'],
+      registers: r,
+      collect() {
+        const s = stats();
+        if (!s) return;
+        advance(this, 'size', s.droppedForSize, { reason: 'size' });
+        advance(this, 'age', s.droppedForAge, { reason: 'age' });
+        advance(this, 'error', s.droppedOnError, { reason: 'write-failed' });
+      },
+    });
+    new Counter({
+      name: 'ast_outbox_slow_writes_total',
+      help: 'Journal writes that blocked the event loop longer than mqtt.outbox.inlineWriteBudgetMs',
+      registers: r,
+      collect() {
+        const s = stats();
+        if (s) advance(this, 'overruns', s.inlineWriteOverruns);
+      },
+    });
   }
 
   setModel(id: string, version: string, provider: string): void {

@@ -329,14 +329,18 @@ export class InspectionLoop {
     this.metrics.countVerdict(record.verdict);
     this.metrics.latency.observe(latencyMs / 1000);
     if (record.verdict === 'error') this.logger.warn({ seq: record.seq, partId: record.partId, reason: record.reason }, 'part failed safe (reject)');
-    for (const sink of this.sinks) {
-      try {
-        sink.publish({ record, ...extra });
-      } catch (e) {
-        // A sink must not throw; if one does, the others still get the result.
-        this.metrics.publishFailures.inc({ sink: sink.name });
-        this.logger.error({ err: e, sink: sink.name, seq: record.seq }, 'result sink threw');
-      }
+    const outcome = { record, ...extra };
+    for (const sink of this.sinks) if (sink.carriesRejects) this.handTo(sink, outcome);
+    for (const sink of this.sinks) if (!sink.carriesRejects) this.handTo(sink, outcome);
+  }
+
+  private handTo(sink: ResultSink, outcome: InspectionOutcome): void {
+    try {
+      sink.publish(outcome);
+    } catch (e) {
+      // A sink must not throw; if one does, the others still get the result.
+      this.metrics.publishFailures.inc({ sink: sink.name });
+      this.logger.error({ err: e, sink: sink.name, seq: outcome.record.seq }, 'result sink threw');
     }
   }
 

@@ -52,13 +52,18 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
     config,
     identity: { agentVersion: options.version, model: { id: manifest().id, version: manifest().version }, provider: loop.detector.provider },
     logger,
-    outbox: { maxBytes: config.mqtt.outbox.maxMiB * 1024 * 1024, maxAgeMs: config.mqtt.outbox.maxAgeHours * 3600 * 1000 },
+    outbox: {
+      maxBytes: config.mqtt.outbox.maxMiB * 1024 * 1024,
+      maxAgeMs: config.mqtt.outbox.maxAgeHours * 3600 * 1000,
+      inlineWriteBudgetMs: config.mqtt.outbox.inlineWriteBudgetMs,
+    },
     ...(config.mqtt.heatmap ? { heatmap: config.mqtt.heatmap } : {}),
     ...(config.mqtt.metricsIntervalS > 0 ? { metrics: { intervalMs: config.mqtt.metricsIntervalS * 1000, snapshot: () => ({ ...metrics.tally, queued: loop.queued }) } } : {}),
     status: () => ({ health: ctx.agent()?.health() ?? null, capture: capture.status }),
     onPublishFailure: () => metrics.publishFailures.inc({ sink: 'mqtt' }),
   });
   sinks.push(mqtt);
+  metrics.observeOutbox(() => mqtt.outboxStats());
 
   /** Commands act on the started agent; one that arrives during start-up is answered with an error. */
   const runningAgent = (): Agent => {

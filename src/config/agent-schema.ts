@@ -130,7 +130,7 @@ const TlsSchema = z.strictObject({
 const SPARKPLUG_ID = /^[^+#/]+$/;
 const SPARKPLUG_ID_MESSAGE = 'must be non-empty without "+", "#" or "/"';
 
-const MqttSchema = z.strictObject({
+export const MqttSchema = z.strictObject({
   url: z
     .string()
     .regex(/^(mqtts?|wss?):\/\//, 'must start with mqtt://, mqtts://, ws:// or wss://')
@@ -152,6 +152,14 @@ const MqttSchema = z.strictObject({
     .strictObject({
       maxMiB: z.number().positive().default(512).describe('Journal size bound; beyond it the oldest unsent results are dropped and counted.'),
       maxAgeHours: z.number().positive().default(168).describe('Unsent results older than this are dropped and counted.'),
+      inlineWriteBudgetMs: z
+        .number()
+        .min(0)
+        .max(100)
+        .default(4)
+        .describe(
+          'Journal writes run on the main thread (no thread hop on a reject\'s path) while each takes at most this long; a slower one moves them to the I/O thread pool for 30 s. 0: always the thread pool (slow SD cards).',
+        ),
     })
     .prefault({})
     .describe('Store and forward: results and rejects are journaled on disk until the broker acknowledges them.'),

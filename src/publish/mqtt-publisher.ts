@@ -21,7 +21,7 @@ export interface MqttPublisherOptions {
   identity: AgentIdentity;
   logger: Logger;
   /** Journal bounds (defaults: 512 MiB, 7 days). */
-  outbox?: { maxBytes?: number; maxAgeMs?: number };
+  outbox?: { maxBytes?: number; maxAgeMs?: number; inlineWriteBudgetMs?: number };
   heatmap?: HeatmapOptions;
   metrics?: MetricsOptions;
   /** Added to the `status` command's answer. */
@@ -33,6 +33,7 @@ export interface MqttPublisherOptions {
 
 export class MqttPublisher implements ResultSink {
   readonly name = 'mqtt';
+  readonly carriesRejects = true;
   private outbox: Outbox | null = null;
   private sink: MqttResultSink | null = null;
   private stopping: Promise<void> | null = null;
@@ -74,6 +75,7 @@ export class MqttPublisher implements ResultSink {
     this.outbox = await Outbox.open(join(config.stateDir, 'outbox', 'mqtt'), {
       maxBytes: this.options.outbox?.maxBytes ?? 512 * 1024 * 1024,
       maxAgeMs: this.options.outbox?.maxAgeMs ?? 7 * 24 * 3600 * 1000,
+      ...(this.options.outbox?.inlineWriteBudgetMs !== undefined ? { inlineWriteBudgetMs: this.options.outbox.inlineWriteBudgetMs } : {}),
       logger: logger.child({ part: 'outbox' }),
     });
     this.sink = new MqttResultSink({
@@ -98,6 +100,11 @@ export class MqttPublisher implements ResultSink {
 
   stats() {
     return this.sink?.stats() ?? null;
+  }
+
+  /** The outbox's own figures (null until start() opened it). */
+  outboxStats() {
+    return this.outbox?.stats() ?? null;
   }
 
   stop(): Promise<void> {

@@ -37,10 +37,14 @@
  * before each commit. Timestamps from before 2024 (a device whose clock was not yet set) never count as
  * expired, so an NTP step after boot cannot wipe the journal.
  *
+ * Commit and removal writes run on the event loop (synchronously) while each stays within
+ * `inlineWriteBudgetMs`, on the I/O thread pool otherwise (outbox/inline-writes.ts explains why: it keeps two
+ * thread wake-ups off a reject's path).
+ *
  * All file work runs one operation at a time on a private lane, so commits, removals, compactions and
  * reads never interleave; `ack()` and the age sweep only mark entries in memory and queue their records.
  */
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, fdatasyncSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, realpath, rename, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -60,7 +64,8 @@ import {
 } from './outbox/frame.js';
 import { DirLock } from './outbox/lock.js';
 import { Segment, SEGMENT_DIGITS, segmentName } from './outbox/segment.js';
-import { isMissing, syncDir, writeFully } from './outbox/fsutil.js';
+import { isMissing, syncDir, writeFully, writeFullySync } from './outbox/fsutil.js';
+import { InlineWritePolicy } from './outbox/inline-writes.js';
 
 export { OutboxError, type OutboxErrorKind } from './outbox/errors.js';
 
@@ -89,6 +94,11 @@ export type OutboxLimits = z.input<typeof OutboxLimitsSchema>;
 
 export interface OutboxOptions extends OutboxLimits {
   logger?: Logger;
+  /**
+   * Longest a journal write may block the event loop, ms (see outbox/inline-writes.ts); 0 = all writes on
+   * the I/O thread pool. Default 4.
+   */
+  inlineWriteBudgetMs?: number;
   /** Wall clock in epoch ms (enqueuedAt, age bound); a seam for tests. */
   now?: () => number;
 }
@@ -110,6 +120,10 @@ export interface OutboxStats {
   segments: number;
   /** Group commits (one durable write each) since open. */
   commits: number;
+  /** Whether writes currently run on the event loop (else on the I/O thread pool). */
+  inlineWrites: boolean;
+  /** Inline writes that took longer than the budget (each moved writes to the thread pool for a while). */
+  inlineWriteOverruns: number;
 }
 
 interface QueuedAppend {
@@ -132,6 +146,7 @@ const REMOVAL_WRITE_DELAY_MS = 20;
  * call instead of write + fdatasync (same guarantee). Elsewhere an explicit fdatasync follows the write.
  */
 const O_DSYNC: number = fsConstants.O_DSYNC ?? 0;
+const DEFAULT_INLINE_WRITE_BUDGET_MS = 4;
 /** Write errors after which the file is known to be as it was (nothing half-synced): keep appending to it. */
 const CLEAN_WRITE_ERRORS = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 const SEGMENT_FILE = new RegExp(`^(\\d{${SEGMENT_DIGITS}})\\.log$`);
@@ -164,6 +179,8 @@ export class Outbox<T = unknown> {
   private errorEpisode: Episode | null = null;
   /** Removal writes failed since the last one that worked (logged once per run of failures). */
   private removalWriteFailures = 0;
+  /** Writes were moved to the thread pool after an overrun (for the log line when they come back). */
+  private pooledWrites = false;
   private readonly maxEntryBytes: number;
 
   private constructor(
@@ -174,6 +191,8 @@ export class Outbox<T = unknown> {
     readonly segmentBytes: number,
     private readonly logger: Logger,
     private readonly now: () => number,
+    private readonly writes: InlineWritePolicy,
+    private readonly inlineBudgetMs: number,
   ) {
     this.maxEntryBytes = Math.floor(maxBytes / 2);
   }
@@ -193,7 +212,8 @@ export class Outbox<T = unknown> {
       throw new OutboxError('io', `outbox: cannot create folder ${dir}: ${describeCause(e)}`, { file: dir, cause: e });
     }
     const lock = await DirLock.acquire(root, logger);
-    const outbox = new Outbox<T>(root, lock, maxBytes, maxAgeMs, segmentBytes, logger, options.now ?? Date.now);
+    const writes = new InlineWritePolicy({ budgetMs: options.inlineWriteBudgetMs ?? DEFAULT_INLINE_WRITE_BUDGET_MS });
+    const outbox = new Outbox<T>(root, lock, maxBytes, maxAgeMs, segmentBytes, logger, options.now ?? Date.now, writes, options.inlineWriteBudgetMs ?? DEFAULT_INLINE_WRITE_BUDGET_MS);
     try {
       await outbox.onLane(() => outbox.recover());
     } catch (e) {
@@ -290,6 +310,8 @@ export class Outbox<T = unknown> {
       ...this.counters,
       oldestAgeMs: oldest === null ? null : Math.max(0, this.now() - oldest),
       segments: this.segments.length,
+      inlineWrites: this.writes.inline(),
+      inlineWriteOverruns: this.writes.overruns,
     };
   }
 
@@ -516,10 +538,20 @@ export class Outbox<T = unknown> {
     const handle = segment.handle!;
     let stage = O_DSYNC ? 'write (O_DSYNC)' : 'write';
     try {
-      await writeFully(handle, buf, position);
-      if (!O_DSYNC) {
-        stage = 'fdatasync';
-        await handle.datasync();
+      if (this.writeInline()) {
+        const started = performance.now();
+        writeFullySync(handle, buf, position);
+        if (!O_DSYNC) {
+          stage = 'fdatasync';
+          fdatasyncSync(handle.fd);
+        }
+        this.noteInlineWrite(performance.now() - started, segment.path);
+      } else {
+        await writeFully(handle, buf, position);
+        if (!O_DSYNC) {
+          stage = 'fdatasync';
+          await handle.datasync();
+        }
       }
     } catch (e) {
       // Take back what may have reached the file. If that fails too, or the error may have come from the
@@ -635,7 +667,13 @@ export class Outbox<T = unknown> {
       const buf = Buffer.concat(frames);
       try {
         segment.ackHandle ??= await open(segment.ackPath, 'a', 0o600);
-        await writeFully(segment.ackHandle, buf, segment.ackSize);
+        if (this.writeInline()) {
+          const started = performance.now();
+          writeFullySync(segment.ackHandle, buf, segment.ackSize);
+          this.noteInlineWrite(performance.now() - started, segment.ackPath);
+        } else {
+          await writeFully(segment.ackHandle, buf, segment.ackSize);
+        }
         segment.ackSize += buf.length;
         if (this.removalWriteFailures) {
           this.logger.info({ failures: this.removalWriteFailures }, 'outbox: removals are recorded again');
@@ -655,6 +693,26 @@ export class Outbox<T = unknown> {
         this.dirty.add(segment);
       }
     }
+  }
+
+  /** Whether this write runs on the event loop; logs when inline writes resume after a back-off. */
+  private writeInline(): boolean {
+    const inline = this.writes.inline();
+    if (inline && this.pooledWrites) {
+      this.pooledWrites = false;
+      this.logger.info('outbox: journal writes run on the event loop again');
+    }
+    return inline;
+  }
+
+  private noteInlineWrite(tookMs: number, file: string): void {
+    const change = this.writes.record(tookMs);
+    if (!change) return;
+    this.pooledWrites = true;
+    this.logger.warn(
+      { file, tookMs: Math.round(tookMs * 10) / 10, overrunsInWindow: change.overrunsInWindow, budgetMs: this.inlineBudgetMs },
+      'outbox: journal writes block the event loop too long; they go to the I/O thread pool for a while (slow storage?)',
+    );
   }
 
   private async deleteDeadSegments(): Promise<void> {

@@ -22,6 +22,11 @@ export interface InspectionOutcome {
 
 export interface ResultSink {
   readonly name: string;
+  /**
+   * Carries the reject signal to the line: handed each result before the other sinks (logging, frame
+   * capture), so their work is not on the reject's path.
+   */
+  readonly carriesRejects?: boolean;
   start(): Promise<void>;
   /** Must not throw and must not wait on the network. */
   publish(outcome: InspectionOutcome): void;

@@ -1,4 +1,5 @@
 /** The few file primitives the outbox's durability rests on. */
+import { writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
 /** Writes all of `bytes` at `position` (a short write is continued, never silently accepted). */
@@ -8,6 +9,16 @@ export async function writeFully(handle: FileHandle, bytes: Uint8Array, position
     const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done);
     if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
     done += bytesWritten;
+  }
+}
+
+/** writeFully on the calling thread (see inline-writes.ts for when that is worth it). */
+export function writeFullySync(handle: FileHandle, bytes: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < bytes.length) {
+    const written = writeSync(handle.fd, bytes, done, bytes.length - done, position + done);
+    if (written <= 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
+    done += written;
   }
 }
 
