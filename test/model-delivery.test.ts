@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,7 @@ import { DeliveryError, downloadBundle, removeStalePartials, type DownloadOption
 import { ModelStore } from '../src/bundle/model-store.js';
 import type { BundleChunk } from '../src/config/bundle-chunk-schema.js';
 import { writeTinyBundle } from './helpers/tiny-bundle.js';
+import { makeTestPki } from './support/tls.js';
 
 let root: string;
 let tarBytes: Buffer;
@@ -142,6 +144,31 @@ describe('download', () => {
     const store = await ModelStore.open(join(root, 'store-dl'), { freeSpaceMarginBytes: 0 });
     const v = await store.commit(await store.stage(file));
     expect(v.id).toBe('delivered');
+  });
+
+  it('over https: a server certified by the configured CA is trusted, the system CAs alone refuse it; no redirect down to http', async () => {
+    const pki = makeTestPki();
+    const secure = createHttpsServer({ cert: await readFile(pki.serverCert), key: await readFile(pki.serverKey) }, (req, res) => {
+      if (req.url === '/downgrade') return res.writeHead(302, { location: `${base}/bundle.tar` }).end();
+      return serveFile(req, res);
+    });
+    await new Promise<void>((r) => secure.listen(0, '127.0.0.1', r));
+    const url = `https://127.0.0.1:${(secure.address() as AddressInfo).port}`;
+    try {
+      const ca = await readFile(pki.ca);
+      const file = dest();
+      expect(await downloadBundle(`${url}/bundle.tar`, file, { ...fast, ca, expectedSha256: tarSha })).toMatchObject({ sha256: tarSha, bytes: tarBytes.length });
+      const untrusted = await refused(downloadBundle(`${url}/bundle.tar`, dest(), fast));
+      expect(untrusted.reason).toBe('network');
+      expect(untrusted.message).toMatch(/self[- ]signed certificate|unable to (get|verify)/i);
+      const down = await refused(downloadBundle(`${url}/downgrade`, dest(), { ...fast, ca }));
+      expect(down).toMatchObject({ reason: 'bad-url', status: 302 });
+      expect(down.message).toContain('refusing a redirect from https to http:');
+    } finally {
+      secure.closeAllConnections();
+      await new Promise((r) => secure.close(r));
+      await rm(pki.dir, { recursive: true, force: true });
+    }
   });
 
   it('follows redirects', async () => {

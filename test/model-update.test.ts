@@ -6,8 +6,9 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cp, readFile, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import { cp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -21,6 +22,7 @@ import type { InspectionRecord } from '../src/config/result-schema.js';
 import { silentLogger, tempDir, writeAgentBundle, writeYaml } from './helpers/agent-bundle.js';
 import { writeTinyBundle } from './helpers/tiny-bundle.js';
 import { TestBroker } from './support/mosquitto.js';
+import { makeTestPki, type TestPki } from './support/tls.js';
 import { until } from './support/wait.js';
 
 const BIN = join(import.meta.dirname, '..', 'bin', 'ast-agent.js');
@@ -28,6 +30,10 @@ const BIN = join(import.meta.dirname, '..', 'bin', 'ast-agent.js');
 let broker: TestBroker;
 let http: Server;
 let baseUrl: string;
+/** The same bundles over https, certified by a private CA (pki.ca). */
+let https: Server;
+let httpsUrl: string;
+let pki: TestPki;
 let work: string;
 let keys: { trusted: string; trustedKey: string; rogueKey: string };
 const tars: Record<string, string> = {};
@@ -84,7 +90,7 @@ beforeAll(async () => {
   tars.badmanifest = join(work, 'badmanifest.tar');
   await (await import('tar')).c({ file: tars.badmanifest, cwd: join(work, 'badmanifest'), portable: true }, ['manifest.json', 'signature.json', 'weights.safetensors']);
 
-  http = createServer(async (req, res) => {
+  const serveBundle = async (req: IncomingMessage, res: ServerResponse) => {
     const name = (req.url ?? '').replace(/^\//, '').replace(/\.tar$/, '');
     if (name === 'truncated') {
       // Announces the whole bundle and sends half of it.
@@ -98,15 +104,23 @@ beforeAll(async () => {
     if (!file) return void res.writeHead(404).end();
     const body = await readFile(file);
     res.writeHead(200, { 'content-length': String(body.length), 'content-type': 'application/x-tar' }).end(body);
-  });
+  };
+  http = createServer(serveBundle);
   await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
   baseUrl = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  pki = makeTestPki();
+  https = createHttpsServer({ cert: await readFile(pki.serverCert), key: await readFile(pki.serverKey) }, serveBundle);
+  await new Promise<void>((r) => https.listen(0, '127.0.0.1', r));
+  httpsUrl = `https://127.0.0.1:${(https.address() as AddressInfo).port}`;
 });
 
 afterAll(async () => {
   await broker?.stop();
-  http?.closeAllConnections();
-  await new Promise((r) => http?.close(r));
+  for (const server of [http, https]) {
+    server?.closeAllConnections();
+    await new Promise((r) => server?.close(r));
+  }
+  if (pki) await rm(pki.dir, { recursive: true, force: true });
 });
 
 interface Station {
@@ -119,7 +133,7 @@ interface Station {
 }
 
 let stationCount = 0;
-async function startStation(): Promise<Station> {
+async function startStation(updates: Record<string, unknown> = {}): Promise<Station> {
   const station = `up${++stationCount}`;
   const config = AgentConfigSchema.parse({
     station,
@@ -128,7 +142,7 @@ async function startStation(): Promise<Station> {
     mqtt: { url: broker.url, metricsIntervalS: 0 },
     http: { port: 0, host: '127.0.0.1' },
     stateDir: await tempDir('update-state'),
-    updates: { trustedKeys: [keys.trusted], probation: { inspections: 0 } },
+    updates: { trustedKeys: [keys.trusted], probation: { inspections: 0 }, ...updates },
   });
   const agent = await runAgent(config, 'test', silentLogger);
   const client = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
@@ -161,6 +175,29 @@ async function startStation(): Promise<Station> {
 const modelsAfter = (s: Station, from: number) => new Set(s.results.slice(from).map((r) => r.model.id));
 
 describe('signed updates on a running agent', () => {
+  it("downloads over https from a server certified by updates.caFile; without it, or with a missing file, the update is refused by name", async () => {
+    const trusting = await startStation({ caFile: pki.ca });
+    await until('inspections', () => trusting.results.length >= 2, 20_000);
+    expect(await trusting.command('model-update', { url: `${httpsUrl}/b.tar` })).toMatchObject({ ok: true, model: { id: 'model-b' } });
+    await trusting.stop();
+
+    const systemCas = await startStation();
+    const refusedTls = await systemCas.command('model-update', { url: `${httpsUrl}/b.tar` });
+    expect(refusedTls).toMatchObject({ ok: false });
+    expect(String(refusedTls.error)).toMatch(/self[- ]signed certificate|unable to (get|verify)/i);
+    await systemCas.stop();
+
+    const missing = join(work, 'no-such-ca.pem');
+    const misconfigured = await startStation({ caFile: missing });
+    const refusedFile = await misconfigured.command('model-update', { url: `${httpsUrl}/b.tar` });
+    expect(refusedFile).toMatchObject({ ok: false });
+    expect(String(refusedFile.error)).toContain(`updates.caFile: cannot read ${missing} (ENOENT)`);
+    const at = misconfigured.results.length;
+    await until('still inspecting with model-a', () => misconfigured.results.length > at + 1, 20_000);
+    expect(modelsAfter(misconfigured, at)).toEqual(new Set(['model-a']));
+    await misconfigured.stop();
+  }, 120_000);
+
   it('installs a signed bundle from a URL between inspections, reports progress, and results show the new version', async () => {
     const s = await startStation();
     await until('inspections with model-a', () => s.results.length >= 3, 20_000);

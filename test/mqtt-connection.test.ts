@@ -13,6 +13,7 @@ import { StatusPayloadSchema } from '../src/config/mqtt-payloads.js';
 import { EmbeddedBroker } from '../src/publish/embedded-broker.js';
 import { MqttConnection } from '../src/publish/mqtt-connection.js';
 import { testMqttConfig } from './support/mqtt-config.js';
+import { makeTestPki } from './support/tls.js';
 import { freePort, TestBroker } from './support/mosquitto.js';
 import { until } from './support/wait.js';
 
@@ -206,14 +207,8 @@ describe('MqttConnection', () => {
   }, 20_000);
 
   it('connects with TLS (CA, client certificate) and a username/password; a missing file is named', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'ast-mqtt-tls-'));
-    const ossl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-    ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=test-ca');
-    for (const name of ['server', 'client']) {
-      ossl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name === 'server' ? '127.0.0.1' : 'ast-edge'}`);
-      writeFileSync(join(dir, `${name}.ext`), name === 'server' ? 'subjectAltName=IP:127.0.0.1\n' : 'extendedKeyUsage=clientAuth\n');
-      ossl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`, '-days', '1', '-extfile', `${name}.ext`);
-    }
+    const pki = makeTestPki();
+    const dir = pki.dir;
     execFileSync('mosquitto_passwd', ['-b', '-c', join(dir, 'passwd'), 'edge', 's3cret'], { stdio: 'pipe' });
     const port = await freePort();
     const secure = await TestBroker.start([

@@ -121,7 +121,8 @@ describe('MqttPublisher', () => {
   it("puts the outbox's figures on /metrics: pending, drops by reason, where its writes run", async () => {
     const port = await freePort(); // nothing listens: every message stays in the outbox
     const cfg = config(mkdtempSync(join(tmpdir(), 'ast-pub-')), { url: `mqtt://127.0.0.1:${port}` });
-    const publisher = await MqttPublisher.create({ config: cfg, identity: IDENTITY, logger: silent, outbox: { maxBytes: 16 * 1024 } });
+    // A generous write budget: a loaded test machine must not move the writes off the event loop here.
+    const publisher = await MqttPublisher.create({ config: cfg, identity: IDENTITY, logger: silent, outbox: { maxBytes: 16 * 1024, inlineWriteBudgetMs: 100 } });
     const metrics = new AgentMetrics('st1', false);
     metrics.observeOutbox(() => publisher.outboxStats());
     const scrape = async (name: string, labels = '') => {

@@ -158,12 +158,20 @@ export class ModelUpdater implements ResultSink {
       const downloads = join(this.config.stateDir, 'models', 'downloads');
       await mkdir(downloads, { recursive: true });
       const file = join(downloads, 'bundle.tar');
+      const { caFile } = this.config.updates;
+      let ca: Buffer | undefined;
+      try {
+        if (caFile) ca = await readFile(caFile);
+      } catch (e) {
+        throw new UpdateError('receiving', `updates.caFile: cannot read ${caFile} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { cause: e });
+      }
       let got;
       try {
         got = await downloadBundle(url, file, {
           maxBytes: this.config.updates.maxBundleMiB * 1024 * 1024,
           idleTimeoutMs: this.config.updates.downloadTimeoutS * 1000,
           ...(sha256 ? { expectedSha256: sha256 } : {}),
+          ...(ca ? { ca } : {}),
           logger: this.logger.child({ part: 'download' }),
         });
       } catch (e) {

@@ -228,6 +228,10 @@ const UpdatesSchema = z.strictObject({
   keepVersions: z.int().min(2).max(20).default(3).describe('Model versions kept in the store (the active and the previous one are never removed).'),
   maxBundleMiB: z.number().positive().default(1024).describe('Largest bundle accepted (download or chunks).'),
   downloadTimeoutS: z.number().positive().default(300).describe('A download with no progress for this long is abandoned.'),
+  caFile: z
+    .string()
+    .optional()
+    .describe("CA certificate(s) (PEM) an https update server's certificate must chain to, instead of the system's CAs (a plant's own CA); relative to the config file's folder."),
   transferTimeoutS: z.number().positive().default(120).describe('A chunked transfer with no chunk for this long is abandoned and cleaned up.'),
   probation: z
     .strictObject({

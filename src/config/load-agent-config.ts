@@ -299,6 +299,7 @@ function resolvePaths(config: AgentConfig, base: string): AgentConfig {
   const at = (p: string) => resolve(base, p);
   config.model.bundle = at(config.model.bundle);
   config.updates.trustedKeys = config.updates.trustedKeys.map(at);
+  if (config.updates.caFile !== undefined) config.updates.caFile = at(config.updates.caFile);
   config.stateDir = at(config.stateDir);
   for (const provider of config.model.providers) {
     if (provider.name === 'tensorrt') provider.cachePath = at(provider.cachePath);
