@@ -11,7 +11,7 @@ import { Agent } from '../src/agent/agent.js';
 import { AgentConfigSchema, type AgentConfig } from '../src/config/agent-schema.js';
 import type { InspectionRecord } from '../src/config/result-schema.js';
 import type { InspectionOutcome, ResultSink } from '../src/publish/result-sink.js';
-import { agentConfig, silentLogger, tempDir, writeAgentBundle, writePartFolder } from './helpers/agent-bundle.js';
+import { agentConfig, silentLogger, tempDir, writeAgentBundle, writePartFolder, writeRgbdFrames } from './helpers/agent-bundle.js';
 import { writeTinyBundle } from './helpers/tiny-bundle.js';
 import { until } from './support/wait.js';
 
@@ -203,20 +203,7 @@ describe('RGB-D', () => {
     const m = (await readBundle(depthBundle)).manifest;
     expect(m.calibration).not.toBeNull();
     const { width, height } = m.input;
-    await mkdir(join(dir, 'rgb'));
-    await mkdir(join(dir, 'depth'));
-    for (let i = 0; i < 4; i++) {
-      await sharp({ create: { width, height, channels: 3, background: { r: 40 * i, g: 100, b: 50 } } }).png().toFile(join(dir, 'rgb', `${i}.png`));
-      // A table at 500 mm, tilted, with a box raised by 10–40 mm whose size differs per frame.
-      const mm = new Uint16Array(width * height);
-      for (let y = 0; y < height; y++)
-        for (let x = 0; x < width; x++) {
-          const box = x >= 10 && x < 20 + 4 * i && y >= 8 && y < 20;
-          mm[y * width + x] = 500 + Math.round(x / 8) - (box ? 10 * (i + 1) : 0);
-        }
-      // sharp takes the typed array's element size as the sample depth: a Uint16Array gives a 16-bit PNG.
-      await sharp(mm, { raw: { width, height, channels: 1 } }).toColourspace('grey16').png().toFile(join(dir, 'depth', `${i}.png`));
-    }
+    await writeRgbdFrames(dir, 4, width, height);
     const config = AgentConfigSchema.parse({
       station: 'st1',
       source: {

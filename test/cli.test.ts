@@ -57,6 +57,7 @@ describe('ast-agent CLI', () => {
     expect(r.stdout).toMatch(/Teacher: normalizing flow of 4 coupling blocks, subnets with 16 hidden channels, kernels 3, 3, 3, 5/);
     expect(r.stdout).toMatch(/Student: conv net of width 24 with 4 residual blocks/);
     expect(r.stdout).toMatch(/Backbone: none — a feature-level bundle/);
+    expect(r.stdout).toMatch(/Golden samples: none — as an update, an RGB model is refused/);
     expect(r.stdout).toMatch(/weights\.safetensors .* sha256 [0-9a-f]{64}/);
   });
 

@@ -19,8 +19,8 @@ import { generateKeyPair, signBundle } from '../src/bundle/signing.js';
 import { runAgent } from '../src/cli/run-command.js';
 import { AgentConfigSchema } from '../src/config/agent-schema.js';
 import type { InspectionRecord } from '../src/config/result-schema.js';
-import { silentLogger, tempDir, writeAgentBundle, writeYaml } from './helpers/agent-bundle.js';
-import { writeTinyBundle } from './helpers/tiny-bundle.js';
+import { silentLogger, tempDir, writeAgentBundle, writeDepthBundle, writeRgbdFrames, writeYaml } from './helpers/agent-bundle.js';
+import { TINY, writeTinyBundle } from './helpers/tiny-bundle.js';
 import { TestBroker } from './support/mosquitto.js';
 import { makeTestPki, type TestPki } from './support/tls.js';
 import { until } from './support/wait.js';
@@ -76,6 +76,14 @@ beforeAll(async () => {
   // Incompatible: a depth model for an RGB station.
   await writeTinyBundle(join(work, 'depth'), 'depth', 'model-d');
   await publishBundle('depth', join(work, 'depth'), keys.trustedKey);
+  // Depth models with golden samples (prepared depth), for a depth station; and one whose scores lie.
+  await writeDepthBundle(join(work, 'depth-a'), 'depth-a', '1.0.0');
+  await publishBundle('depth-b', await writeDepthBundle(join(work, 'depth-b'), 'depth-b', '2.0.0'), keys.trustedKey);
+  await writeDepthBundle(join(work, 'depth-liar'), 'depth-liar', '3.0.0');
+  const depthLiar = JSON.parse(await readFile(join(work, 'depth-liar', 'manifest.json'), 'utf8'));
+  depthLiar.golden.scores = depthLiar.golden.scores.map((x: number) => x * 1.5 + 1);
+  await writeFile(join(work, 'depth-liar', 'manifest.json'), JSON.stringify(depthLiar, null, 2));
+  await publishBundle('depth-liar', join(work, 'depth-liar'), keys.trustedKey);
   // Bad manifest: valid signature over a manifest that is not a valid bundle manifest.
   await cp(join(work, 'b'), join(work, 'badmanifest'), { recursive: true });
   const bad = JSON.parse(await readFile(join(work, 'b', 'manifest.json'), 'utf8'));
@@ -133,12 +141,12 @@ interface Station {
 }
 
 let stationCount = 0;
-async function startStation(updates: Record<string, unknown> = {}): Promise<Station> {
+async function startStation(updates: Record<string, unknown> = {}, station_: { source?: Record<string, unknown>; bundle?: string } = {}): Promise<Station> {
   const station = `up${++stationCount}`;
   const config = AgentConfigSchema.parse({
     station,
-    source: { kind: 'test', pattern: 'ball', fps: 8 },
-    model: { bundle: join(work, 'a'), intraOpThreads: 1 },
+    source: station_.source ?? { kind: 'test', pattern: 'ball', fps: 8 },
+    model: { bundle: station_.bundle ?? join(work, 'a'), intraOpThreads: 1 },
     mqtt: { url: broker.url, metricsIntervalS: 0 },
     http: { port: 0, host: '127.0.0.1' },
     stateDir: await tempDir('update-state'),
@@ -175,6 +183,32 @@ async function startStation(updates: Record<string, unknown> = {}): Promise<Stat
 const modelsAfter = (s: Station, from: number) => new Set(s.results.slice(from).map((r) => r.model.id));
 
 describe('signed updates on a running agent', () => {
+  it('self-tests a depth model on its golden depth samples: a faithful one installs, one whose scores differ is refused', async () => {
+    const frames = await writeRgbdFrames(join(work, 'rgbd-frames'), 4, TINY.w * 8, TINY.h * 8);
+    const s = await startStation(
+      {},
+      {
+        bundle: join(work, 'depth-a'),
+        source: {
+          kind: 'file', path: frames.rgb, loop: true, fps: 8,
+          depth: { kind: 'file', path: frames.depth, loop: true, fps: 8, pairBy: 'order', metresPerUnit: 0.001 },
+        },
+      },
+    );
+    await until('inspections with depth-a', () => s.results.length >= 3, 20_000);
+    const liar = await s.command('model-update', { url: `${baseUrl}/depth-liar.tar` });
+    expect(liar).toMatchObject({ ok: false });
+    expect(String(liar.error)).toMatch(/^golden sample 0 scored .*, expected .* \(error .* > tolerance 0\.001\)$/);
+    const good = await s.command('model-update', { url: `${baseUrl}/depth-b.tar` });
+    expect(good, JSON.stringify(good)).toMatchObject({ ok: true, model: { id: 'depth-b', version: '2.0.0' } });
+    const steps = s.responses.filter((r) => r.final === false && r.transaction === 't2').map((r) => r.step);
+    expect(steps).toContain('self-test');
+    const at = s.results.length;
+    await until('results from depth-b', () => s.results.slice(at).some((r) => r.model.id === 'depth-b'), 20_000);
+    expect(s.results.every((r) => r.verdict !== 'error')).toBe(true);
+    await s.stop();
+  }, 90_000);
+
   it("downloads over https from a server certified by updates.caFile; without it, or with a missing file, the update is refused by name", async () => {
     const trusting = await startStation({ caFile: pki.ca });
     await until('inspections', () => trusting.results.length >= 2, 20_000);

@@ -5,7 +5,8 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import sharp from 'sharp';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { promisify } from 'node:util';
@@ -15,7 +16,8 @@ import { readBundle } from '../src/bundle/bundle-store.js';
 import { decodeSafetensors } from '../src/formats/safetensors.js';
 import { Detector } from '../src/runtime/detector.js';
 import { tensor } from '../src/onnx/tensor.js';
-import { decodeRgb, loadDataset, writeTextureDataset } from '../src/train/datasets/index.js';
+import { decodeRgb, encodeTiff, loadDataset, writeTextureDataset } from '../src/train/datasets/index.js';
+import { compareGoldenScores, goldenSamplesFor } from '../src/bundle/golden.js';
 import { splitTrainValidation, train, type TrainOptions } from '../src/train/trainer.js';
 import type { ProgressReporter } from '../src/train/progress.js';
 
@@ -52,7 +54,58 @@ beforeAll(async () => {
   await writeTextureDataset({ texture: 'grass', out: data, size: 64, trainCount: 20, testGoodCount: 4, testDefectCount: 2, seed: 5 });
 });
 
+/** An MVTec 3D-AD class folder of z maps: a tilted table with a box at a place that varies per sample. */
+async function writeDepthClass(dir: string): Promise<void> {
+  const size = 48;
+  let n = 0;
+  const put = async (split: string, type: string) => {
+    const name = String(n++).padStart(3, '0');
+    const k = n % 5;
+    const xyz = new Float32Array(size * size * 3);
+    for (let y = 0; y < size; y++) {
+      for (let x = 0; x < size; x++) {
+        const box = Math.abs(x - 20 - 2 * k) < 8 && Math.abs(y - 24) < 6;
+        const dent = type === 'dent' && Math.abs(x - 30) < 3 && Math.abs(y - 12) < 3;
+        const i = 3 * (y * size + x);
+        xyz[i] = (x - size / 2) * 1e-3;
+        xyz[i + 1] = (y - size / 2) * 1e-3;
+        xyz[i + 2] = 0.6 + 0.0005 * x - (box ? 0.03 : 0) + (dent ? 0.01 : 0);
+      }
+    }
+    await mkdir(join(dir, split, type, 'xyz'), { recursive: true });
+    await writeFile(join(dir, split, type, 'xyz', `${name}.tiff`), encodeTiff({ width: size, height: size, channels: 3, data: xyz }));
+    await mkdir(join(dir, split, type, 'rgb'), { recursive: true });
+    await sharp(new Uint8Array(size * size * 3).fill(90 + 10 * k), { raw: { width: size, height: size, channels: 3 } }).png().toFile(join(dir, split, type, 'rgb', `${name}.png`));
+  };
+  for (let i = 0; i < 10; i++) await put('train', 'good');
+  for (let i = 0; i < 3; i++) await put('validation', 'good');
+  for (let i = 0; i < 2; i++) await put('test', 'good');
+  for (let i = 0; i < 2; i++) await put('test', 'dent');
+}
+
 describe('training', () => {
+  it('a depth model carries golden depth samples (prepared depth and mask) that its detector reproduces', async () => {
+    const classDir = join(root, 'depth-data', 'box');
+    await writeDepthClass(classDir);
+    const out = join(root, 'depth-model');
+    await train({ ...tiny(out), data: classDir, mode: 'depth', teacherEpochs: 1, studentEpochs: 1 }, quiet, silentProgress);
+    const bundle = await readBundle(out);
+    const golden = bundle.manifest.golden!;
+    expect(golden).toMatchObject({ depthFile: 'golden-depth.bin', count: 3 });
+    expect(golden.file).toBeUndefined();
+    const samples = (await goldenSamplesFor(bundle))!;
+    expect(samples.images).toBeNull();
+    expect(samples.depth!.mask.data.some((v) => v > 0)).toBe(true); // the box is foreground
+    const d = await Detector.load(bundle, 'detector', { intraOpThreads: 1, warmupRuns: 0 });
+    try {
+      const r = await d.inspect(samples.images, samples.depth);
+      const scores = bundle.manifest.model.scoring.aggregation === 'mean' ? r.scoreMean : r.scoreMax;
+      expect(compareGoldenScores(scores, samples)).toMatchObject({ ok: true });
+    } finally {
+      await d.release();
+    }
+  }, 120_000);
+
   it('a short run lowers the teacher NLL and the student loss, and the bundle reproduces the training verdicts', async () => {
     const out = join(root, 'short');
     const r = await train(tiny(out), quiet, silentProgress);

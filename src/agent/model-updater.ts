@@ -245,8 +245,7 @@ export class ModelUpdater implements ResultSink {
         throw new UpdateError('self-test', `model ${model.id} ${model.version} has no golden samples to self-test with (train or assemble it with this version)`);
       }
       if (golden) {
-        const [count, height, width] = golden.shape;
-        const r = await detector.inspect({ dtype: 'uint8', dims: [count, height, width, 3], data: Uint8Array.from(golden.images) });
+        const r = await detector.inspect(golden.images, golden.depth);
         const scores = staged.manifest.model.scoring.aggregation === 'mean' ? r.scoreMean : r.scoreMax;
         const cmp = compareGoldenScores(scores, golden);
         if (!cmp.ok) {
@@ -254,8 +253,8 @@ export class ModelUpdater implements ResultSink {
           throw new UpdateError('self-test', `golden sample ${m0.index} scored ${m0.actual}, expected ${m0.expected} (error ${m0.error.toExponential(2)} > tolerance ${golden.tolerance})`);
         }
       } else {
-        // Golden samples are frames; depth inputs are not stored, so depth models rely on probation alone.
-        this.logger.warn({ model }, 'depth model without golden samples: self-test skipped, probation only');
+        // Depth bundles built before depth inputs were stored as golden samples: probation only.
+        this.logger.warn({ model }, 'depth model without golden samples (built by an older version): self-test skipped, probation only');
       }
     } catch (e) {
       await detector?.release();

@@ -17,6 +17,7 @@ import {
   type TeacherWeights,
 } from '../model/weights.js';
 import { readBundleFile, writeBundle, type LoadedBundle } from './bundle-store.js';
+import { encodeGoldenDepth, type GoldenDepth } from './golden.js';
 
 export const FILES = {
   head: 'head.onnx',
@@ -24,6 +25,7 @@ export const FILES = {
   backbone: 'backbone.onnx',
   weights: 'weights.safetensors',
   golden: 'golden.bin',
+  goldenDepth: 'golden-depth.bin',
 } as const;
 
 /** Default golden tolerance: float32 graphs agree to far better than this across CPU/CUDA; TensorRT fp16 may need more. */
@@ -52,10 +54,12 @@ export interface AssembleInput {
   provenance: BundleManifest['provenance'];
   metrics?: Record<string, number>;
   /**
-   * Golden samples for the device's self-test after a model swap: `count` uint8 RGB images (N×H×W×3 at the
-   * input size) and the image scores the detector graph gives them. Stored as golden.bin.
+   * Golden samples for the device's self-test after a model swap: `count` detector inputs — uint8 RGB
+   * images (N×H×W×3 at the input size) for models that take images, prepared depth and mask for models that
+   * take depth — and the image scores the detector graph gives them. Stored as golden.bin and
+   * golden-depth.bin (see GoldenSchema).
    */
-  golden?: { images: Uint8Array; count: number; scores: number[]; tolerance?: number };
+  golden?: { images?: Uint8Array; depth?: GoldenDepth; count: number; scores: number[]; tolerance?: number };
 }
 
 const TEACHER_PREFIX = 'teacher.';
@@ -95,7 +99,8 @@ export async function assembleBundle(dir: string, a: AssembleInput): Promise<Bun
     [FILES.weights]: encodeWeights(a.teacher, a.student),
     [FILES.head]: buildHeadModel(head),
   };
-  if (a.golden) files[FILES.golden] = a.golden.images;
+  if (a.golden?.images) files[FILES.golden] = a.golden.images;
+  if (a.golden?.depth) files[FILES.goldenDepth] = encodeGoldenDepth(a.golden.depth);
   let backbone: BackboneSpec | null = null;
   const depthOnly = a.params.mode === 'depth';
   if (a.backbone || depthOnly) {
@@ -134,7 +139,15 @@ export async function assembleBundle(dir: string, a: AssembleInput): Promise<Bun
       provenance: a.provenance,
       metrics: a.metrics ?? {},
       ...(a.golden
-        ? { golden: { file: FILES.golden, count: a.golden.count, scores: a.golden.scores, tolerance: a.golden.tolerance ?? DEFAULT_GOLDEN_TOLERANCE } }
+        ? {
+            golden: {
+              ...(a.golden.images ? { file: FILES.golden } : {}),
+              ...(a.golden.depth ? { depthFile: FILES.goldenDepth } : {}),
+              count: a.golden.count,
+              scores: a.golden.scores,
+              tolerance: a.golden.tolerance ?? DEFAULT_GOLDEN_TOLERANCE,
+            },
+          }
         : {}),
     },
     files,

@@ -1,15 +1,25 @@
 /**
- * Golden samples of a bundle (manifest `golden`, file golden.bin): images with the scores the bundle's
- * detector graph gave them at build time. The agent scores them after loading a new model and refuses
- * (rolls back) a model whose scores differ: the cheapest proof that it runs as it was validated.
+ * Golden samples of a bundle (manifest `golden`: golden.bin for images, golden-depth.bin for depth): held-out
+ * inputs with the scores the bundle's detector graph gave them at build time. The agent scores them after
+ * loading a new model and refuses (rolls back) a model whose scores differ: the cheapest proof that it runs
+ * as it was validated.
  */
 import type { Golden } from '../config/bundle-manifest.js';
+import { f32, type HostTensor } from '../onnx/tensor.js';
 import { BundleError, readBundle, readBundleFile, sha256, type LoadedBundle } from './bundle-store.js';
 
+/** The detector's depth inputs (the shape of runtime/detector.ts DepthInputs). */
+export interface GoldenDepth {
+  depth: HostTensor<'float32'>;
+  mask: HostTensor<'float32'>;
+}
+
 export interface GoldenSamples {
-  /** uint8 RGB, NHWC: the detector graph's input for `count` frames at once. */
-  images: Uint8Array;
-  shape: [count: number, height: number, width: number, channels: 3];
+  count: number;
+  /** uint8 RGB NHWC at the input size, for models that take images; else null. */
+  images: HostTensor<'uint8'> | null;
+  /** Prepared depth and mask, for models that take depth. */
+  depth?: GoldenDepth;
   /** Expected raw image score per sample (the manifest's scoring.aggregation). */
   scores: number[];
   tolerance: number;
@@ -17,19 +27,41 @@ export interface GoldenSamples {
 
 /**
  * The golden samples of a loaded bundle (or a bundle path, read and verified first); null when the bundle
- * has none. The file is checked against its manifest entry again: it is read long after readBundle.
+ * has none. The files are checked against their manifest entries again: they are read long after readBundle.
  */
 export async function goldenSamplesFor(bundle: LoadedBundle | string): Promise<GoldenSamples | null> {
   const loaded = typeof bundle === 'string' ? await readBundle(bundle) : bundle;
-  const golden = loaded.manifest.golden;
+  const { golden, input, featureSize, model } = loaded.manifest;
   if (!golden) return null;
-  const images = await readBundleFile(loaded, golden.file);
-  const entry = loaded.manifest.files[golden.file]!;
-  if (images.byteLength !== entry.bytes || sha256(images) !== entry.sha256) {
-    throw new BundleError(`${loaded.source}: "${golden.file}" changed since the bundle was loaded`, loaded.source, `files.${golden.file}`);
+  const read = async (file: string) => {
+    const bytes = await readBundleFile(loaded, file);
+    const entry = loaded.manifest.files[file]!;
+    if (bytes.byteLength !== entry.bytes || sha256(bytes) !== entry.sha256) {
+      throw new BundleError(`${loaded.source}: "${file}" changed since the bundle was loaded`, loaded.source, `files.${file}`);
+    }
+    return bytes;
+  };
+  const n = golden.count;
+  const images = golden.file ? { dtype: 'uint8' as const, dims: [n, input.height, input.width, 3], data: Uint8Array.from(await read(golden.file)) } : null;
+  let depth: GoldenDepth | undefined;
+  if (golden.depthFile) {
+    const bytes = await read(golden.depthFile);
+    // Copied out to an aligned buffer: a Float32Array view needs a 4-byte aligned offset.
+    const floats = new Float32Array(Uint8Array.from(bytes).buffer);
+    const { height: h, width: w } = featureSize;
+    const u = model.depth?.unshuffle ?? 1;
+    const depthLength = n * h * u * w * u;
+    depth = { depth: f32([n, 1, h * u, w * u], floats.slice(0, depthLength)), mask: f32([n, 1, h, w], floats.slice(depthLength)) };
   }
-  const { height, width } = loaded.manifest.input;
-  return { images, shape: [golden.count, height, width, 3], scores: [...golden.scores], tolerance: golden.tolerance };
+  return { count: n, images, ...(depth ? { depth } : {}), scores: [...golden.scores], tolerance: golden.tolerance };
+}
+
+/** The bytes of golden-depth.bin for prepared depth inputs (see GoldenSchema.depthFile). */
+export function encodeGoldenDepth(depth: GoldenDepth): Uint8Array {
+  const out = new Float32Array(depth.depth.data.length + depth.mask.data.length);
+  out.set(depth.depth.data, 0);
+  out.set(depth.mask.data, depth.depth.data.length);
+  return new Uint8Array(out.buffer);
 }
 
 export interface GoldenMismatch {

@@ -40,6 +40,13 @@ export function describeBundle(m: BundleManifest, source: string): string {
       ? `  Calibration (${c.method}${c.targetFalseRejectRate !== undefined ? `, target false-reject rate ${c.targetFalseRejectRate}` : ''}, ${c.samples} good samples): reject at raw score ≥ ${c.threshold.toPrecision(6)}; good scores ${c.goodMean.toPrecision(6)} ± ${c.goodStd.toPrecision(4)}; normalised score 0.5 = threshold.`
       : '  Calibration: none — verdicts need a threshold (train/calibrate this bundle or set one at run time).',
   );
+  const g = m.golden;
+  const goldenInputs = g ? [g.file ? 'frames' : '', g.depthFile ? 'prepared depth and mask' : ''].filter(Boolean).join(' + ') : '';
+  lines.push(
+    g
+      ? `  Golden samples: ${g.count} (${goldenInputs}) with their expected scores, re-scored on the device after an update (tolerance ${g.tolerance}).`
+      : '  Golden samples: none — as an update, an RGB model is refused and a depth model runs on probation only.',
+  );
   lines.push(`  Provenance: ${m.provenance.source} by ${m.provenance.tool} at ${m.provenance.createdAt}${m.provenance.from ? ` from ${m.provenance.from}` : ''}.`);
   const metrics = Object.entries(m.metrics);
   if (metrics.length) lines.push(`  Metrics: ${metrics.map(([k, v]) => `${k} ${v}`).join(', ')}.`);

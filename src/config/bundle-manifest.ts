@@ -4,7 +4,7 @@
  * so training and deployment give the same verdicts.
  */
 import { z } from 'zod';
-import { ModelParamsSchema } from './model-schema.js';
+import { ModelParamsSchema, type ModelParams } from './model-schema.js';
 
 export const BUNDLE_FORMAT = 'ast-edge-bundle';
 export const BUNDLE_FORMAT_VERSION = 1;
@@ -75,13 +75,20 @@ export const ProvenanceSchema = z.object({
 });
 
 /**
- * Golden samples: a few images with the scores the bundle's own detector graph gave them when it was built.
- * After a model swap the device scores them and compares, so a bundle that loads but computes something
- * else (wrong execution provider, broken graph, different preprocessing) is caught before it judges parts.
+ * Golden samples: a few held-out inputs with the scores the bundle's own detector graph gave them when it
+ * was built. After a model swap the device scores them and compares, so a bundle that loads but computes
+ * something else (wrong execution provider, broken graph, different preprocessing) is caught before it
+ * judges parts. An input is what the detector graph takes: images for rgb and rgbd models, prepared depth
+ * and mask for rgbd and depth models.
  */
 export const GoldenSchema = z.object({
-  /** Raw uint8 RGB, count × input.height × input.width × 3 (NHWC, exactly what the detector graph takes). */
-  file: z.string().regex(RELATIVE_FILE, 'must be a relative path inside the bundle'),
+  /** Raw uint8 RGB, count × input.height × input.width × 3 (NHWC). Present when the model takes images. */
+  file: z.string().regex(RELATIVE_FILE, 'must be a relative path inside the bundle').optional(),
+  /**
+   * Float32 little-endian: the prepared depth, count × 1 × (h·u) × (w·u), then the foreground mask,
+   * count × 1 × h × w (h, w: featureSize; u: model.depth.unshuffle). Present when the model takes depth.
+   */
+  depthFile: z.string().regex(RELATIVE_FILE, 'must be a relative path inside the bundle').optional(),
   count: z.int().min(1),
   /** Expected raw image score of each sample (the manifest's scoring.aggregation), in file order. */
   scores: z.array(z.number()),
@@ -92,6 +99,51 @@ export type Golden = z.infer<typeof GoldenSchema>;
 
 /** Names a bundle's own metadata uses; the manifest cannot list files under them. */
 const RESERVED_FILES = ['manifest.json', 'signature.json'];
+
+/** What checkGolden reads of a manifest. */
+interface GoldenContext {
+  model: ModelParams;
+  input: { height: number; width: number };
+  featureSize: { height: number; width: number };
+  graphs: { detector?: string | undefined };
+  files: Record<string, { bytes: number }>;
+}
+
+/** Golden samples must be inputs of this model's detector graph, with one score each. */
+function checkGolden(m: GoldenContext, golden: Golden, ctx: z.RefinementCtx): void {
+  if (!m.graphs.detector) {
+    ctx.addIssue({ code: 'custom', path: ['golden'], message: 'golden samples are detector inputs: they need a detector graph' });
+  }
+  if (golden.scores.length !== golden.count) {
+    ctx.addIssue({ code: 'custom', path: ['golden', 'scores'], message: `has ${golden.scores.length} scores for ${golden.count} samples` });
+  }
+  const n = golden.count;
+  const { height: H, width: W } = m.input;
+  const { height: h, width: w } = m.featureSize;
+  const u = m.model.depth?.unshuffle ?? 1;
+  const parts = [
+    { key: 'file', name: golden.file, needed: m.model.featureChannels > 0, what: 'images', bytes: n * H * W * 3, formula: `${n} × ${H} × ${W} × 3` },
+    {
+      key: 'depthFile',
+      name: golden.depthFile,
+      needed: m.model.depthChannels > 0,
+      what: 'depth',
+      bytes: 4 * n * (h * u * w * u + h * w),
+      formula: `4 × ${n} × (${h * u} × ${w * u} + ${h} × ${w})`,
+    },
+  ];
+  for (const p of parts) {
+    if (p.needed !== (p.name !== undefined)) {
+      const message = p.needed ? `is missing: a ${m.model.mode} model takes ${p.what}` : `must be absent: a ${m.model.mode} model takes no ${p.what}`;
+      ctx.addIssue({ code: 'custom', path: ['golden', p.key], message });
+      continue;
+    }
+    const entry = p.name === undefined ? undefined : m.files[p.name];
+    if (entry && entry.bytes !== p.bytes) {
+      ctx.addIssue({ code: 'custom', path: ['golden', p.key], message: `"${p.name}" has ${entry.bytes} bytes, ${p.formula} = ${p.bytes} expected` });
+    }
+  }
+}
 
 export const BundleManifestSchema = z
   .object({
@@ -134,28 +186,13 @@ export const BundleManifestSchema = z
       m.weights,
       ...(m.graphs.detector ? [m.graphs.detector] : []),
       ...(m.backbone ? [m.backbone.file] : []),
-      ...(m.golden ? [m.golden.file] : []),
+      ...(m.golden?.file ? [m.golden.file] : []),
+      ...(m.golden?.depthFile ? [m.golden.depthFile] : []),
     ];
     for (const f of needed) {
       if (!m.files[f]) ctx.addIssue({ code: 'custom', path: ['files', f], message: `"${f}" is used by the manifest but has no sha256 entry` });
     }
-    if (m.golden) {
-      if (!m.graphs.detector) {
-        ctx.addIssue({ code: 'custom', path: ['golden'], message: 'golden samples are images: they need a detector graph' });
-      }
-      if (m.golden.scores.length !== m.golden.count) {
-        ctx.addIssue({ code: 'custom', path: ['golden', 'scores'], message: `has ${m.golden.scores.length} scores for ${m.golden.count} samples` });
-      }
-      const expected = m.golden.count * m.input.height * m.input.width * 3;
-      const entry = m.files[m.golden.file];
-      if (entry && entry.bytes !== expected) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['golden', 'file'],
-          message: `"${m.golden.file}" has ${entry.bytes} bytes, ${m.golden.count} × ${m.input.height} × ${m.input.width} × 3 = ${expected} expected`,
-        });
-      }
-    }
+    if (m.golden) checkGolden(m, m.golden, ctx);
     if (m.model.mode !== 'depth' && !m.backbone && m.graphs.detector) {
       ctx.addIssue({ code: 'custom', path: ['backbone'], message: 'a detector graph for rgb/rgbd needs a backbone' });
     }

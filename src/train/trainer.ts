@@ -30,12 +30,13 @@ import {
 import { loadSession } from '../runtime/session.js';
 import { assembleBundle, loadBundleWeights, type AssembleInput, type BackboneInput } from '../bundle/assemble.js';
 import { readBundle, readBundleFile } from '../bundle/bundle-store.js';
-import { Detector } from '../runtime/detector.js';
+import { Detector, type DepthInputs } from '../runtime/detector.js';
+import { depthInputsFor } from '../runtime/depth-inputs.js';
 import { PAPER_ADAM, type AdamOptions } from './adam.js';
 import { checkpointPath, loadCheckpoint, saveCheckpoint, type Checkpoint, type CheckpointMeta } from './checkpoint.js';
 import { buildStudentEval, buildTeacherEval } from './eval-graphs.js';
 import { computeFeatureSet, featureSetKey, loadFeatureSet, saveFeatureSet, type FeatureSet } from './feature-set.js';
-import { decodeRgb, loadDataset, type Dataset, type Sample } from './datasets/index.js';
+import { decodeDepth, decodeRgb, loadDataset, type Dataset, type Sample } from './datasets/index.js';
 import { calibrate } from './evaluation/calibration.js';
 import type { ProgressReporter } from './progress.js';
 import { TrainStepRunner } from './step-runner.js';
@@ -596,29 +597,40 @@ function pixelShuffle(x: Float32Array, r: number, h: number, w: number): Float32
 }
 
 /**
- * A few held-out good frames with the scores the bundle's fused detector gives them: the device re-scores
- * them after an update and refuses a model that does not reproduce them. RGB models only (golden samples
- * are frames; depth inputs are not stored).
+ * A few held-out good samples with the scores the bundle's fused detector gives them: the device re-scores
+ * them after an update and refuses a model that does not reproduce them. Stored as the detector's inputs:
+ * the frame at input size for models that take images, the prepared depth and mask for models that take depth.
  */
 async function goldenSamples(bundleDir: string, samples: readonly Sample[], manifest: BundleManifest, count = 4): Promise<AssembleInput['golden'] | null> {
-  if (!manifest.graphs.detector || manifest.model.depthChannels > 0) return null;
-  const chosen = samples.filter((s) => s.image).slice(0, count);
+  if (!manifest.graphs.detector) return null;
+  const takesImages = manifest.model.featureChannels > 0;
+  const takesDepth = manifest.model.depthChannels > 0;
+  const chosen = samples.filter((s) => (!takesImages || s.image) && (!takesDepth || s.depth)).slice(0, count);
   if (chosen.length === 0) return null;
   const { width, height } = manifest.input;
-  const images = new Uint8Array(chosen.length * width * height * 3);
-  for (const [i, s] of chosen.entries()) images.set(await decodeRgb(s.image!, { width, height }), i * width * height * 3);
-  return goldenFromImages(bundleDir, images, chosen.length);
+  let images: Uint8Array | undefined;
+  if (takesImages) {
+    images = new Uint8Array(chosen.length * width * height * 3);
+    for (const [i, s] of chosen.entries()) images.set(await decodeRgb(s.image!, { width, height }), i * width * height * 3);
+  }
+  const depth = takesDepth ? depthInputsFor(manifest, await Promise.all(chosen.map((s) => decodeDepth(s.depth!)))) : undefined;
+  return goldenFromInputs(bundleDir, { ...(images ? { images } : {}), ...(depth ? { depth } : {}) }, chosen.length);
 }
 
-/** Golden samples from frames (uint8 NHWC at the bundle's input size): the scores its fused detector gives them. */
-export async function goldenFromImages(bundleDir: string, images: Uint8Array, count: number): Promise<NonNullable<AssembleInput['golden']>> {
+/** Golden samples from detector inputs (frames at the bundle's input size and/or prepared depth): with the scores its fused detector gives them. */
+export async function goldenFromInputs(
+  bundleDir: string,
+  inputs: { images?: Uint8Array; depth?: DepthInputs },
+  count: number,
+): Promise<NonNullable<AssembleInput['golden']>> {
   const bundle = await readBundle(bundleDir);
   const { width, height } = bundle.manifest.input;
   const detector = await Detector.load(bundle, 'detector', { warmupRuns: 0 });
   try {
-    const r = await detector.inspect({ dtype: 'uint8', dims: [count, height, width, 3], data: images });
+    const images = inputs.images ? { dtype: 'uint8' as const, dims: [count, height, width, 3], data: inputs.images } : null;
+    const r = await detector.inspect(images, inputs.depth);
     const scores = Array.from(bundle.manifest.model.scoring.aggregation === 'mean' ? r.scoreMean : r.scoreMax);
-    return { images, count, scores };
+    return { ...inputs, count, scores };
   } finally {
     await detector.release();
   }

@@ -1,5 +1,5 @@
 /** Test helper: a small random (γ ≠ 0) model written as a feature-level bundle. */
-import { assembleBundle } from '../../src/bundle/assemble.js';
+import { assembleBundle, type AssembleInput } from '../../src/bundle/assemble.js';
 import { modelParamsFor, type Mode } from '../../src/config/model-schema.js';
 import { initStudent, initTeacher } from '../../src/model/init.js';
 
@@ -18,9 +18,10 @@ export function tinyModel(mode: Mode = 'rgb', featureChannels = TINY.channels) {
   return { params, teacher, student };
 }
 
-export async function writeTinyBundle(dir: string, mode: Mode = 'rgb', id = 'tiny') {
+/** What writeTinyBundle assembles: a feature-level bundle, or for mode depth one with a detector graph too. */
+export function tinyBundleInput(mode: Mode = 'rgb', id = 'tiny'): AssembleInput {
   const { params, teacher, student } = tinyModel(mode, mode === 'depth' ? 0 : TINY.channels);
-  return assembleBundle(dir, {
+  return {
     id,
     version: '0.1.0',
     preset: 'custom',
@@ -32,5 +33,9 @@ export async function writeTinyBundle(dir: string, mode: Mode = 'rgb', id = 'tin
     featureSize: { height: TINY.h, width: TINY.w },
     calibration: { threshold: 1, goodMean: 0.5, goodStd: 0.2, method: 'manual', samples: 0 },
     provenance: { source: 'synthetic', tool: 'test', createdAt: new Date().toISOString() },
-  });
+  };
+}
+
+export async function writeTinyBundle(dir: string, mode: Mode = 'rgb', id = 'tiny') {
+  return assembleBundle(dir, tinyBundleInput(mode, id));
 }
