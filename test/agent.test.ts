@@ -228,7 +228,7 @@ describe('RGB-D', () => {
     await writeTinyBundle(join(dir, 'bundle'), 'depth', 'depth-model');
     const config = agentConfig(join(dir, 'bundle'), join(dir, 'state'));
     await expect(Agent.start(config, { version: 'test', logger: silentLogger, processMetrics: false })).rejects.toThrow(
-      'source.depth: model depth-model runs in depth mode and needs a depth stream',
+      'source.depth: model depth-model runs in depth mode and needs a depth stream, which this station does not have',
     );
   });
 });

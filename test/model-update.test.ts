@@ -286,7 +286,7 @@ describe('signed updates on a running agent', () => {
       ['rogue', /signed by key [0-9a-f]{16}, which is not trusted/],
       ['truncated', /truncat|ended after|closed/i],
       ['badmanifest', /input\.width/],
-      ['depth', /runs in depth mode but this station has no depth stream/],
+      ['depth', /^model model-d runs in depth mode and needs a depth stream, which this station does not have$/],
       ['liar', /golden sample 0 scored .* expected/],
       ['missing', /404/],
     ];

@@ -12,6 +12,7 @@ import { openSource, type FrameSource, type SourceStatus } from '../camera/index
 import { runtimeOptionsOf, type AgentConfig } from '../config/agent-schema.js';
 import type { ResultSink } from '../publish/result-sink.js';
 import { LogResultSink } from '../publish/log-result-sink.js';
+import { stationMisfit } from './station-fit.js';
 import { DetectorThread, type FrameScorer } from '../runtime/detector-thread.js';
 import { AgentMetrics } from './agent-metrics.js';
 import { HealthServer, type HealthReport } from './health-server.js';
@@ -58,14 +59,8 @@ export async function loadDetector(config: AgentConfig, bundlePath: string, logg
   } catch (e) {
     throw new AgentStartError(`model.bundle: ${(e as Error).message}`, { cause: e });
   }
-  const m = bundle.manifest;
-  if (!m.calibration) {
-    throw new AgentStartError(`model.bundle: bundle ${m.id} has no calibration (no decision threshold); train it with \`ast-agent train\`, which calibrates on held-out good parts`);
-  }
-  if (!m.graphs.detector) throw new AgentStartError(`model.bundle: bundle ${m.id} has no fused detector graph (a feature-level bundle cannot score camera frames)`);
-  const needsDepth = m.model.depthChannels > 0;
-  if (needsDepth && !config.source.depth) throw new AgentStartError(`source.depth: model ${m.id} runs in ${m.model.mode} mode and needs a depth stream`);
-  if (!needsDepth && config.source.depth) throw new AgentStartError(`source.depth: model ${m.id} runs in rgb mode; remove the depth stream or deploy an rgbd model`);
+  const misfit = stationMisfit(config, bundle.manifest);
+  if (misfit) throw new AgentStartError(`${misfit.key}: ${misfit.message}`);
   return DetectorThread.load(bundle.dir, runtimeOptionsOf(config.model), logger.child({ part: 'detector' }));
 }
 

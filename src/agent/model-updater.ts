@@ -11,6 +11,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { goldenSamplesFor, compareGoldenScores } from '../bundle/golden.js';
+import { stationMisfit } from './station-fit.js';
 import { readBundle, sha256 } from '../bundle/bundle-store.js';
 import { ChunkAssembler, type ChunkOutcome } from '../bundle/delivery/chunk-assembler.js';
 import { downloadBundle } from '../bundle/delivery/download.js';
@@ -52,19 +53,6 @@ export interface UpdateStatus {
   previous: string | null;
   last?: { outcome: 'installed' | 'refused' | 'rolled-back'; model?: string; reason?: string; at: string };
   transfers: { transferId: string; received: number; count: number }[];
-}
-
-/** Station checks that do not need the model to run: mode against the configured streams, input size against the camera pipeline. */
-export function compatibilityProblem(config: AgentConfig, next: BundleManifest, current: BundleManifest | null): string | null {
-  const needsDepth = next.model.depthChannels > 0;
-  if (needsDepth && !config.source.depth) return `model ${next.id} runs in ${next.model.mode} mode but this station has no depth stream (source.depth)`;
-  if (!needsDepth && config.source.depth) return `model ${next.id} runs in rgb mode but this station is configured for RGB-D (source.depth)`;
-  if (!next.graphs.detector) return `model ${next.id} has no fused detector graph`;
-  if (!next.calibration) return `model ${next.id} has no calibration (no decision threshold)`;
-  if (current && (current.input.width !== next.input.width || current.input.height !== next.input.height)) {
-    return `model ${next.id} takes ${next.input.width}×${next.input.height} frames; the camera pipeline delivers ${current.input.width}×${current.input.height} (a restart is needed for that)`;
-  }
-  return null;
 }
 
 export class ModelUpdater implements ResultSink {
@@ -231,7 +219,7 @@ export class ModelUpdater implements ResultSink {
     let detector: FrameScorer | null = null;
     try {
       step('checking', `signed by ${staged.signedBy ?? 'nobody (unsigned allowed)'}`, model);
-      const problem = compatibilityProblem(this.config, staged.manifest, agent.currentModel());
+      const problem = stationMisfit(this.config, staged.manifest, agent.currentModel())?.message;
       if (problem) throw new UpdateError('checking', problem);
 
       step('loading', 'building the session and warming up', model);
