@@ -7,7 +7,8 @@ import { execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { tempDir, writeAgentBundle, writeYaml } from './helpers/agent-bundle.js';
+import { tempDir, writeAgentBundle, writeDepthBundle, writeYaml } from './helpers/agent-bundle.js';
+import { AgentProcess } from './helpers/agent-process.js';
 
 const run = promisify(execFile);
 const BIN = join(import.meta.dirname, '..', 'bin', 'ast-agent.js');
@@ -18,6 +19,34 @@ beforeAll(async () => {
 });
 
 describe('ast-agent run', () => {
+  it("sizes libuv's thread pool for the cameras before anything uses it; an operator's own UV_THREADPOOL_SIZE wins", async () => {
+    const dir = await tempDir('cli-pool');
+    const depthBundle = await writeDepthBundle(join(dir, 'bundle'), 'pool-depth');
+    const { freePort } = await import('./support/mosquitto.js');
+    const config = await writeYaml(
+      join(dir, 'agent.yaml'),
+      [
+        'station: pool-1',
+        // Two GStreamer pipelines (colour and depth): about four pool threads held, more than Node's default pool.
+        'source: { kind: test, fps: 5, depth: { kind: test, fps: 5 } }',
+        `model: { bundle: ${JSON.stringify(depthBundle)}, intraOpThreads: 1 }`,
+        `mqtt: { embeddedPort: ${await freePort()}, metricsIntervalS: 0 }`,
+        'http: { port: 0, host: 127.0.0.1 }',
+        'stateDir: ./state',
+        '',
+      ].join('\n'),
+    );
+    const advice = /^UV_THREADPOOL_SIZE is \d+: 2 GStreamer pipeline/;
+    const sized = AgentProcess.start(config, { env: { UV_THREADPOOL_SIZE: undefined } });
+    await sized.ready();
+    await sized.stop();
+    expect(sized.messages(advice)).toEqual([]);
+    const small = AgentProcess.start(config, { env: { UV_THREADPOOL_SIZE: '4' } });
+    await small.ready();
+    await small.stop();
+    expect(small.messages(advice).map((l) => l.msg)).toEqual([expect.stringContaining('UV_THREADPOOL_SIZE is 4: 2 GStreamer pipeline(s)')]);
+  }, 60_000);
+
   it('refuses a bad configuration with every problem, its path and line, and starts nothing', async () => {
     const dir = await tempDir('cli-config');
     const file = await writeYaml(

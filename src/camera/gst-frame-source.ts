@@ -605,9 +605,9 @@ function describeBusError(message: BusMessage): string {
  * Every pipeline keeps about two libuv pool threads blocked (a pull waiting for the next frame, a bus
  * poll waiting for the next message). With Node's default pool of 4, one RGB-D camera takes all of
  * them and every fs/crypto/zlib call and native async work queued behind them waits up to a frame
- * interval (measured: 1 s per readFile at 2 fps). UV_THREADPOOL_SIZE must be raised in the
- * environment before Node starts (setting it from an ES module is too late: the loader already used
- * the pool). Returns advice when it is too small for `pipelines`.
+ * interval (measured: 1 s per readFile at 2 fps). bin/ast-agent.js raises UV_THREADPOOL_SIZE to 16 unless
+ * it is set (from an ES module it would be too late: the loader already used the pool). Returns advice when
+ * it is too small for `pipelines` (an operator's own, smaller value).
  */
 export function threadPoolAdvice(pipelines: number): string | undefined {
   const size = Number(process.env.UV_THREADPOOL_SIZE) || 4;
