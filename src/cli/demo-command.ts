@@ -85,6 +85,7 @@ export async function demoCommand(version: string, logger: Logger, options: Demo
       verdicts.set(record.partId, record.verdict);
     },
   };
+  logger.level = config.log.level;
   const agent = await runAgent(config, version, logger, { console: true, sinks: [scoreboard], deferSource: true });
   // An independent subscriber on the in-process broker: what SCADA would see.
   const received = { result: 0, reject: 0 };

@@ -22,8 +22,8 @@ export interface RunExtras {
   deferSource?: boolean;
 }
 
+/** Starts the agent with the station's sinks. The caller owns `logger` (its level included). */
 export async function runAgent(config: AgentConfig, version: string, logger: Logger, extra: RunExtras = {}): Promise<Agent> {
-  logger.level = config.log.level;
   return Agent.start(config, {
     version,
     logger,
@@ -34,6 +34,7 @@ export async function runAgent(config: AgentConfig, version: string, logger: Log
 
 export async function runCommand(configFile: string, version: string, logger: Logger): Promise<void> {
   const config = await loadAgentConfig(configFile);
+  logger.level = config.log.level;
   let agent: Agent | null = null;
   // A wedged agent (detector run that never returns) stops pinging, so systemd restarts it.
   const notifier = new SystemdNotifier({ logger, isHealthy: () => agent !== null && agent.health().status !== 'down' });
