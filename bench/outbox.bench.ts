@@ -4,8 +4,10 @@
  * figures; it is not a test.
  *
  *   npx tsx bench/outbox.bench.ts                        # 10k entries per scenario, in os.tmpdir()
- *   npx tsx bench/outbox.bench.ts --entries 2000 --dir /var/lib/ast-edge/bench --rates 100 --concurrency 1,64
+ *   npx tsx bench/outbox.bench.ts --entries 2000 --dir /var/lib/ast-edge/bench --rates 100 --concurrency 1,64 --writes inline
  *
+ * --writes: where the journal writes run — `inline` (the default: on the event loop while they stay within
+ * mqtt.outbox.inlineWriteBudgetMs) and/or `pool` (libuv's I/O thread pool); each scenario runs once per path.
  * Scenarios:
  *   closed loop, concurrency C   C producers, each awaiting its append before the next: C = 1 is one fsync
  *                                per entry (the floor of latency), larger C shows group commit
@@ -13,12 +15,12 @@
  *                                way the inspection loop produces them (a 100/s run lasts entries/100 s, so
  *                                it is capped by --paced-seconds)
  * Every entry is acked as soon as it is durable (the broker is assumed up), so segments are deleted as
- * in production. "floor" rows time a plain O_DSYNC pwrite of the same JSON per entry, no outbox: what the
- * storage itself costs, measured in the same run. "cpu µs/append" is process CPU time (user + system) over the scenario per entry.
+ * in production. "floor" rows time a plain O_DSYNC pwrite of the same JSON per entry, no outbox, on the same
+ * path (event loop or thread pool): what the storage itself costs, measured in the same run. "cpu µs/append" is process CPU time (user + system) over the scenario per entry.
  * Run it on the device's real storage (--dir): fsync cost is the whole story and differs by orders of
  * magnitude between a VM disk, an SD card and an industrial SSD.
  */
-import { constants, mkdtempSync, rmSync, statfsSync } from 'node:fs';
+import { constants, fdatasyncSync, mkdtempSync, rmSync, statfsSync, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +35,7 @@ const { values: args } = parseArgs({
     concurrency: { type: 'string', default: '1,8,64' },
     rates: { type: 'string', default: '100,1000' },
     'paced-seconds': { type: 'string', default: '10' },
+    writes: { type: 'string', default: 'inline,pool' },
   },
 });
 const ENTRIES = Number(args.entries);
@@ -75,10 +78,13 @@ async function measure(name: string, entries: number, drive: Drive, timed: (seq:
   return { name, entries, seconds, latencies, commits: 0, cpuMicros: cpu.user + cpu.system };
 }
 
-async function scenario(name: string, entries: number, drive: Drive): Promise<Figures> {
+type WritePath = 'inline' | 'pool';
+
+async function scenario(name: string, entries: number, drive: Drive, writes: WritePath): Promise<Figures> {
   const dir = mkdtempSync(join(parent, 'ast-outbox-bench-'));
   try {
-    const box = await Outbox.open<InspectionRecord>(dir, { maxBytes: 256 << 20, maxAgeMs: 24 * 3_600_000 });
+    // inline: the agent's default budget; pool: budget 0.
+    const box = await Outbox.open<InspectionRecord>(dir, { maxBytes: 256 << 20, maxAgeMs: 24 * 3_600_000, ...(writes === 'pool' ? { inlineWriteBudgetMs: 0 } : {}) });
     const latencies: number[] = [];
     const figures = await measure(name, entries, drive, async (seq) => {
       const t0 = performance.now();
@@ -86,7 +92,9 @@ async function scenario(name: string, entries: number, drive: Drive): Promise<Fi
       latencies.push(performance.now() - t0);
       void box.ack(entry.id);
     }, latencies);
-    figures.commits = box.stats().commits;
+    const stats = box.stats();
+    figures.commits = stats.commits;
+    if (writes === 'inline' && stats.inlineWriteOverruns > 0) figures.name += ` (${stats.inlineWriteOverruns} write${stats.inlineWriteOverruns === 1 ? '' : 's'} over budget${stats.inlineWrites ? '' : ', ended on the pool'})`;
     await box.close();
     return figures;
   } finally {
@@ -95,7 +103,7 @@ async function scenario(name: string, entries: number, drive: Drive): Promise<Fi
 }
 
 /** The floor: JSON.stringify and one O_DSYNC pwrite per entry into a plain file, no framing, no index, no acks. */
-async function baseline(name: string, entries: number, drive: Drive): Promise<Figures> {
+async function baseline(name: string, entries: number, drive: Drive, writes: WritePath): Promise<Figures> {
   const dir = mkdtempSync(join(parent, 'ast-outbox-bench-'));
   const handle = await open(join(dir, 'raw'), constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | (constants.O_DSYNC ?? 0));
   try {
@@ -106,8 +114,13 @@ async function baseline(name: string, entries: number, drive: Drive): Promise<Fi
       const bytes = Buffer.from(JSON.stringify(record(seq)) + '\n');
       const at = position;
       position += bytes.length;
-      await handle.write(bytes, 0, bytes.length, at);
-      if (!constants.O_DSYNC) await handle.datasync();
+      if (writes === 'inline') {
+        writeSync(handle.fd, bytes, 0, bytes.length, at);
+        if (!constants.O_DSYNC) fdatasyncSync(handle.fd);
+      } else {
+        await handle.write(bytes, 0, bytes.length, at);
+        if (!constants.O_DSYNC) await handle.datasync();
+      }
       latencies.push(performance.now() - t0);
     }, latencies);
     figures.commits = entries;
@@ -152,14 +165,17 @@ console.log(`outbox bench: ${ENTRIES} entries per scenario, payload ${Buffer.byt
 console.log(`folder ${parent} (${FS_TYPES[fsType] ?? `fs type 0x${fsType.toString(16)}`}), node ${process.version}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 
 const runs: Figures[] = [];
-for (const c of args.concurrency.split(',').filter(Boolean).map(Number)) {
-  runs.push(await scenario(`closed loop, concurrency ${c}`, ENTRIES, closedLoop(c)));
-  if (c === 1) runs.push(await baseline(`  floor: raw O_DSYNC pwrite, concurrency 1`, ENTRIES, closedLoop(1)));
-}
-for (const rate of args.rates.split(',').filter(Boolean).map(Number)) {
-  const entries = Math.min(ENTRIES, Math.max(1, Math.round(rate * PACED_SECONDS)));
-  runs.push(await scenario(`paced ${rate}/s`, entries, paced(rate, entries)));
-  if (rate <= 100) runs.push(await baseline(`  floor: raw O_DSYNC pwrite, paced ${rate}/s`, entries, paced(rate, entries)));
+for (const writes of args.writes.split(',').filter(Boolean) as WritePath[]) {
+  if (writes !== 'inline' && writes !== 'pool') throw new Error(`--writes takes inline and/or pool, not ${writes}`);
+  for (const c of args.concurrency.split(',').filter(Boolean).map(Number)) {
+    runs.push(await scenario(`${writes}: closed loop, concurrency ${c}`, ENTRIES, closedLoop(c), writes));
+    if (c === 1) runs.push(await baseline(`${writes}:   floor: raw O_DSYNC pwrite, concurrency 1`, ENTRIES, closedLoop(1), writes));
+  }
+  for (const rate of args.rates.split(',').filter(Boolean).map(Number)) {
+    const entries = Math.min(ENTRIES, Math.max(1, Math.round(rate * PACED_SECONDS)));
+    runs.push(await scenario(`${writes}: paced ${rate}/s`, entries, paced(rate, entries), writes));
+    if (rate <= 100) runs.push(await baseline(`${writes}:   floor: raw O_DSYNC pwrite, paced ${rate}/s`, entries, paced(rate, entries), writes));
+  }
 }
 
 const header = ['scenario', 'entries', 'appends/s', 'p50 ms', 'p99 ms', 'max ms', 'entries/commit', 'cpu µs/append'];
