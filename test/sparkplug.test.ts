@@ -19,11 +19,13 @@ import { DataType, SeqCounter, decodePayload, encodePayload, metric } from '../s
 import { BdSeqStore, nextBdSeq } from '../src/publish/sparkplug/bdseq-store.js';
 import { SparkplugNode, type SparkplugNodeOptions } from '../src/publish/sparkplug/sparkplug-node.js';
 import { TestBroker } from './support/mosquitto.js';
+import { until } from './support/wait.js';
 
 // ---- the independent decoder ------------------------------------------------------------------------------
 
 interface TahuMetric {
   name?: string;
+  isHistorical?: boolean;
   alias?: unknown;
   timestamp?: unknown;
   type: string;
@@ -553,7 +555,7 @@ describe('Sparkplug B edge node', () => {
     expect(i64(byName(birth3.payload, 'bdSeq')!.value)).toBe(0n);
   });
 
-  it('after a broker restart connects with the next bdSeq and births again from seq 0', async () => {
+  it('after a broker restart connects with the next bdSeq, births again from seq 0, and forwards what it held as historical DDATA', async () => {
     const host = await observe('line-d', 'sparkplug-test-host-d');
     const stateFile = join(dir, 'line-d.json');
     const node = makeNode({ groupId: 'line-d', edgeNodeId: 'station-4', stateFile, reconnectMs: 500 });
@@ -564,7 +566,10 @@ describe('Sparkplug B edge node', () => {
     await host.waitFor((s) => s.topic.includes('/DDATA/'), birth1.index);
 
     await broker.pause();
-    node.publish(result(2)); // offline: not queued, reported by the next DBIRTH
+    await until('session down', () => !node.online, 10_000);
+    // Offline: held, then sent after the next birth as historical data (the DBIRTH carries the newest values).
+    for (const i of [2, 3, 4]) node.publish(result(i));
+    expect(node.forwarding).toEqual({ held: 3, forwarded: 0, dropped: 0 });
     await broker.resume();
 
     const birth2 = await host.waitFor((s) => s.topic === 'spBv1.0/line-d/NBIRTH/station-4', birth1.index + 1, 10_000);
@@ -575,7 +580,46 @@ describe('Sparkplug B edge node', () => {
     expect(seqOf(birth2)).toBe(0);
     const dbirth2 = await host.waitFor((s) => s.topic.includes('/DBIRTH/'), birth2.index);
     expect(seqOf(dbirth2)).toBe(1);
-    expect(byName(dbirth2.payload, 'Inspection/Part Id')!.value).toBe('P-2');
+    expect(byName(dbirth2.payload, 'Inspection/Part Id')!.value).toBe('P-4');
+    const names = new Map(dbirth2.payload!.metrics!.map((m) => [u64(m.alias), m.name!]));
+    const ddataAfter = () => host.seen.filter((x, i) => i > dbirth2.index && x.topic.includes('/DDATA/'));
+    await until('3 historical DDATA', () => ddataAfter().length >= 3, 10_000);
+    const forwarded = ddataAfter().slice(0, 3);
+    expect(forwarded.map(seqOf)).toEqual([2, 3, 4]);
+    forwarded.forEach((s, k) => {
+      const r = result(2 + k).record;
+      const metrics = s.payload!.metrics!;
+      expect(metrics.every((m) => m.isHistorical === true)).toBe(true);
+      expect(metrics.every((m) => u64(m.timestamp) === BigInt(Date.parse(r.capturedAt)))).toBe(true);
+      const seqMetric = metrics.find((m) => names.get(u64(m.alias)) === 'Inspection/Seq')!;
+      expect(u64(seqMetric.value)).toBe(BigInt(r.seq));
+    });
+    expect(node.forwarding).toEqual({ held: 0, forwarded: 3, dropped: 0 });
+    // Live again: a new result is current data, not historical.
+    node.publish(result(5));
+    const live = await host.waitFor((x) => x.topic.includes('/DDATA/') && seqOf(x) === 5, dbirth2.index);
+    expect(live.payload!.metrics!.some((m) => m.isHistorical)).toBe(false);
+  });
+
+  it('holds at most storeWhileOffline results while the session is down, dropping the oldest and counting them', async () => {
+    const host = await observe('line-h', 'sparkplug-test-host-h');
+    const node = makeNode({ groupId: 'line-h', edgeNodeId: 'station-8', reconnectMs: 300, storeWhileOffline: 2 });
+    await node.start();
+    const birth1 = await host.waitFor((s) => s.topic === 'spBv1.0/line-h/NBIRTH/station-8');
+    await broker.pause();
+    await until('session down', () => !node.online, 10_000);
+    for (const i of [1, 2, 3, 4, 5]) node.publish(result(i));
+    expect(node.forwarding).toEqual({ held: 2, forwarded: 0, dropped: 3 });
+    await broker.resume();
+    const birth2 = await host.waitFor((s) => s.topic === 'spBv1.0/line-h/NBIRTH/station-8', birth1.index + 1, 10_000);
+    await until('forwarded', () => node.forwarding.forwarded === 2, 10_000);
+    const dbirth = await host.waitFor((s) => s.topic.includes('/DBIRTH/'), birth2.index);
+    const names = new Map(dbirth.payload!.metrics!.map((m) => [u64(m.alias), m.name!]));
+    const ddataAfter = () => host.seen.filter((x, i) => i > dbirth.index && x.topic.includes('/DDATA/'));
+    await until('2 historical DDATA', () => ddataAfter().length === 2, 10_000);
+    const parts = ddataAfter()
+      .map((x) => x.payload!.metrics!.find((m) => names.get(u64(m.alias)) === 'Inspection/Part Id')!.value);
+    expect(parts).toEqual(['P-4', 'P-5']);
   });
 
   it('with a primary host, births wait for its STATE online and end when it goes offline', async () => {

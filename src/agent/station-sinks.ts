@@ -167,6 +167,7 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
       softwareVersion: options.version,
       model: { id: manifest().id, version: manifest().version },
       threshold: normalizedThresholdOf(loop),
+      storeWhileOffline: spb.storeWhileOffline,
       ...(spb.allowThresholdWrites
         ? {
             onThresholdWrite: async (v: number) => {

@@ -181,6 +181,11 @@ export const MqttSchema = z.strictObject({
       clientId: z.string().optional().describe('MQTT client id of the Sparkplug session (its will is the NDEATH); must differ from clientId.'),
       reconnectMs: z.int().min(100).default(2000).describe('Wait between reconnect attempts, ms.'),
       allowThresholdWrites: z.boolean().default(true).describe('Accept DCMD writes of Config/Threshold.'),
+      storeWhileOffline: z
+        .int()
+        .min(0)
+        .default(10_000)
+        .describe('Results held in memory while the Sparkplug session is down, sent after the next birth as historical DDATA (oldest dropped beyond this; 0 = off).'),
     })
     .optional()
     .describe('Also publish as a Sparkplug B 3.0 edge node (spBv1.0/<groupId>/...), on the same broker.'),

@@ -140,6 +140,22 @@ export interface SparkplugNodeOptions {
   reconnectMs?: number;
   /** Bound on `stop()` (DDEATH, NDEATH acknowledged, DISCONNECT); past it the socket is dropped and the broker sends the Will. Default 2000 ms. */
   stopTimeoutMs?: number;
+  /**
+   * Results held in memory while the session is down (broker away, primary host offline) and sent after
+   * the next birth as DDATA with `is_historical` metrics, oldest first; beyond this many the oldest are
+   * dropped and counted. 0 turns store-and-forward off. Default 10 000.
+   */
+  storeWhileOffline?: number;
+}
+
+/** Store-and-forward figures of the Sparkplug session. */
+export interface SparkplugStoreStats {
+  /** Results waiting for the next birth. */
+  held: number;
+  /** Results sent as historical data since start. */
+  forwarded: number;
+  /** Results dropped because more were held than `storeWhileOffline`. */
+  dropped: number;
 }
 
 export interface PipelineCounters {
@@ -188,6 +204,9 @@ export class SparkplugNode implements ResultSink {
   private stopping = false;
   /** Commands are handled one at a time, in arrival order. */
   private commands: Promise<void> = Promise.resolve();
+  /** Result metrics (is_historical) from while the session was down, oldest first. */
+  private held: Metric[][] = [];
+  private readonly storeStats = { forwarded: 0, dropped: 0 };
 
   constructor(private readonly options: SparkplugNodeOptions) {
     this.deviceId = options.deviceId ?? 'camera';
@@ -301,10 +320,16 @@ export class SparkplugNode implements ResultSink {
       this.set(D.verdict, r.verdict, timestamp);
       this.set(D.reason, r.reason ?? null, timestamp);
       this.set(D.latency, r.latencyMs, timestamp);
-      this.sendData('device', RESULT_METRICS);
+      if (this.online) this.sendData('device', RESULT_METRICS);
+      else this.hold();
     } catch (err) {
       this.log.error({ err }, 'sparkplug: could not publish a result');
     }
+  }
+
+  /** Store-and-forward figures (results held while the session is down). */
+  get forwarding(): SparkplugStoreStats {
+    return { held: this.held.length, ...this.storeStats };
   }
 
   /** Frame and drop counters (totals since start): a DDATA with those that changed. Never throws. */
@@ -441,6 +466,32 @@ export class SparkplugNode implements ResultSink {
     if (!this.send(this.topics.dbirth, { timestamp: now, metrics: deviceMetrics })) return;
     this.born = true;
     this.log.info({ bdSeq: this.bdSeqValue }, 'sparkplug NBIRTH and DBIRTH sent');
+    this.forwardHeld();
+  }
+
+  /** Keeps the result just set (the current RESULT_METRICS values) for after the next birth. */
+  private hold(): void {
+    const limit = this.options.storeWhileOffline ?? 10_000;
+    if (limit <= 0) return;
+    this.held.push(RESULT_METRICS.map((def) => ({ alias: def.alias, datatype: def.datatype, isHistorical: true, ...this.values.get(def)! })));
+    if (this.held.length > limit) {
+      this.held.shift();
+      if (this.storeStats.dropped++ === 0 || this.storeStats.dropped % 1000 === 0) {
+        this.log.warn({ limit, dropped: this.storeStats.dropped }, 'sparkplug: more results held while offline than storeWhileOffline; the oldest are dropped (the result topic\'s outbox still has them)');
+      }
+    }
+  }
+
+  /** After a birth: what was held goes out as historical DDATA, one per result, oldest first. */
+  private forwardHeld(): void {
+    if (this.held.length === 0) return;
+    const total = this.held.length;
+    while (this.held.length > 0) {
+      if (!this.send(this.topics.ddata, { timestamp: Date.now(), metrics: this.held[0]! })) break;
+      this.held.shift();
+      this.storeStats.forwarded++;
+    }
+    this.log.info({ sent: total - this.held.length, left: this.held.length }, 'sparkplug: results from while the session was down sent as historical data');
   }
 
   private birthMetric(def: MetricDefinition): Metric {
