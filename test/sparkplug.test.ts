@@ -13,6 +13,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { connectAsync, type IPublishPacket, type MqttClient } from 'mqtt';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { AgentMetrics } from '../src/agent/agent-metrics.js';
 import type { InspectionRecord } from '../src/config/result-schema.js';
 import type { InspectionOutcome } from '../src/publish/result-sink.js';
 import { DataType, SeqCounter, decodePayload, encodePayload, metric } from '../src/publish/sparkplug/payload.js';
@@ -610,6 +611,14 @@ describe('Sparkplug B edge node', () => {
     await until('session down', () => !node.online, 10_000);
     for (const i of [1, 2, 3, 4, 5]) node.publish(result(i));
     expect(node.forwarding).toEqual({ held: 2, forwarded: 0, dropped: 3 });
+    // The same figures on the agent's /metrics.
+    const metrics = new AgentMetrics('station-8', false);
+    metrics.observeSparkplug(() => node.forwarding);
+    const scrape = async () =>
+      Object.fromEntries(
+        (await metrics.registry.metrics()).split('\n').filter((l) => l.startsWith('ast_sparkplug_')).map((l) => [l.split('{')[0], Number(l.split(' ').at(-1))]),
+      );
+    expect(await scrape()).toEqual({ ast_sparkplug_held: 2, ast_sparkplug_forwarded_total: 0, ast_sparkplug_dropped_total: 3 });
     await broker.resume();
     const birth2 = await host.waitFor((s) => s.topic === 'spBv1.0/line-h/NBIRTH/station-8', birth1.index + 1, 10_000);
     await until('forwarded', () => node.forwarding.forwarded === 2, 10_000);
@@ -620,6 +629,7 @@ describe('Sparkplug B edge node', () => {
     const parts = ddataAfter()
       .map((x) => x.payload!.metrics!.find((m) => names.get(u64(m.alias)) === 'Inspection/Part Id')!.value);
     expect(parts).toEqual(['P-4', 'P-5']);
+    expect(await scrape()).toEqual({ ast_sparkplug_held: 0, ast_sparkplug_forwarded_total: 2, ast_sparkplug_dropped_total: 3 });
   });
 
   it('with a primary host, births wait for its STATE online and end when it goes offline', async () => {

@@ -81,53 +81,72 @@ export class AgentMetrics {
    * waits for the broker, how old it is, what the bounds made it drop, and where its writes run.
    */
   observeOutbox(stats: () => OutboxFigures | null): void {
-    const r = [this.registry];
-    const gauge = (name: string, help: string, read: (s: OutboxFigures) => number) =>
-      new Gauge({
-        name,
-        help,
-        registers: r,
-        collect() {
-          const s = stats();
-          if (s) this.set(read(s));
-        },
-      });
-    gauge('ast_outbox_pending', 'Results and rejects journaled, not yet acknowledged by the broker', (s) => s.pending);
-    gauge('ast_outbox_bytes', 'Size of the journal files', (s) => s.bytes);
-    gauge('ast_outbox_oldest_age_seconds', 'Age of the oldest message waiting for the broker (0 when none)', (s) => (s.oldestAgeMs ?? 0) / 1000);
-    gauge('ast_outbox_inline_writes', '1 while journal writes run on the event loop, 0 while on the I/O thread pool (after a slow write)', (s) => (s.inlineWrites ? 1 : 0));
-    // Counters the outbox keeps itself, published as their totals: each scrape adds what is new.
-    const seen = { size: 0, age: 0, error: 0, overruns: 0 };
-    const advance = (counter: Counter<string>, key: keyof typeof seen, total: number, labels: Record<string, string> = {}) => {
-      if (total > seen[key]) counter.inc(labels, total - seen[key]);
-      seen[key] = Math.max(seen[key], total);
+    const r = this.registry;
+    const read = (f: (s: OutboxFigures) => number) => () => {
+      const s = stats();
+      return s ? f(s) : null;
     };
-    new Counter({
-      name: 'ast_outbox_dropped_total',
-      help: 'Messages the journal dropped: size or age bound, or a failed write',
-      labelNames: ['reason'],
-      registers: r,
-      collect() {
-        const s = stats();
-        if (!s) return;
-        advance(this, 'size', s.droppedForSize, { reason: 'size' });
-        advance(this, 'age', s.droppedForAge, { reason: 'age' });
-        advance(this, 'error', s.droppedOnError, { reason: 'write-failed' });
-      },
+    mirroredGauge(r, 'ast_outbox_pending', 'Results and rejects journaled, not yet acknowledged by the broker', read((s) => s.pending));
+    mirroredGauge(r, 'ast_outbox_bytes', 'Size of the journal files', read((s) => s.bytes));
+    mirroredGauge(r, 'ast_outbox_oldest_age_seconds', 'Age of the oldest message waiting for the broker (0 when none)', read((s) => (s.oldestAgeMs ?? 0) / 1000));
+    mirroredGauge(r, 'ast_outbox_inline_writes', '1 while journal writes run on the event loop, 0 while on the I/O thread pool (after slow writes)', read((s) => (s.inlineWrites ? 1 : 0)));
+    mirroredCounter(r, 'ast_outbox_dropped_total', 'Messages the journal dropped: size or age bound, or a failed write', () => {
+      const s = stats();
+      return s && { size: s.droppedForSize, age: s.droppedForAge, 'write-failed': s.droppedOnError };
+    }, 'reason');
+    mirroredCounter(r, 'ast_outbox_slow_writes_total', 'Journal writes that blocked the event loop longer than mqtt.outbox.inlineWriteBudgetMs', () => {
+      const s = stats();
+      return s && { '': s.inlineWriteOverruns };
     });
-    new Counter({
-      name: 'ast_outbox_slow_writes_total',
-      help: 'Journal writes that blocked the event loop longer than mqtt.outbox.inlineWriteBudgetMs',
-      registers: r,
-      collect() {
-        const s = stats();
-        if (s) advance(this, 'overruns', s.inlineWriteOverruns);
-      },
-    });
+  }
+
+  /** Sparkplug store and forward, read at each scrape: results held while the session is down, forwarded, dropped. */
+  observeSparkplug(stats: () => { held: number; forwarded: number; dropped: number }): void {
+    const r = this.registry;
+    mirroredGauge(r, 'ast_sparkplug_held', 'Results held while the Sparkplug session is down, to be sent as historical data after the next birth', () => stats().held);
+    mirroredCounter(r, 'ast_sparkplug_forwarded_total', 'Results sent as Sparkplug historical data after a session came back', () => ({ '': stats().forwarded }));
+    mirroredCounter(r, 'ast_sparkplug_dropped_total', 'Results dropped while the Sparkplug session was down (more than mqtt.sparkplug.storeWhileOffline)', () => ({ '': stats().dropped }));
   }
 
   setModel(id: string, version: string, provider: string): void {
     this.modelInfo.reset();
     this.modelInfo.set({ id, version, provider }, 1);
   }
+}
+
+/** A gauge set at each scrape from `read` (null: left as it was). */
+function mirroredGauge(registry: Registry, name: string, help: string, read: () => number | null): Gauge {
+  return new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const v = read();
+      if (v !== null) this.set(v);
+    },
+  });
+}
+
+/**
+ * A counter mirroring totals kept elsewhere (by `label` value; '' when unlabelled): each scrape adds what grew
+ * since the last one, so Prometheus sees a counter that only goes up.
+ */
+function mirroredCounter(registry: Registry, name: string, help: string, read: () => Record<string, number> | null, label?: string): Counter<string> {
+  const seen = new Map<string, number>();
+  return new Counter({
+    name,
+    help,
+    registers: [registry],
+    ...(label ? { labelNames: [label] } : {}),
+    collect() {
+      for (const [key, total] of Object.entries(read() ?? {})) {
+        const before = seen.get(key) ?? 0;
+        if (total > before) {
+          if (label) this.inc({ [label]: key }, total - before);
+          else this.inc(total - before);
+        }
+        seen.set(key, Math.max(before, total));
+      }
+    },
+  });
 }

@@ -180,6 +180,8 @@ export async function stationSinks(config: AgentConfig, ctx: SinkContext, option
       reconnectMs: spb.reconnectMs,
     });
     sinks.push(sparkplug);
+    const node = sparkplug;
+    metrics.observeSparkplug(() => node.forwarding);
   }
   return sinks;
 }
