@@ -192,7 +192,6 @@ export class Outbox<T = unknown> {
     private readonly logger: Logger,
     private readonly now: () => number,
     private readonly writes: InlineWritePolicy,
-    private readonly inlineBudgetMs: number,
   ) {
     this.maxEntryBytes = Math.floor(maxBytes / 2);
   }
@@ -213,7 +212,7 @@ export class Outbox<T = unknown> {
     }
     const lock = await DirLock.acquire(root, logger);
     const writes = new InlineWritePolicy({ budgetMs: options.inlineWriteBudgetMs ?? DEFAULT_INLINE_WRITE_BUDGET_MS });
-    const outbox = new Outbox<T>(root, lock, maxBytes, maxAgeMs, segmentBytes, logger, options.now ?? Date.now, writes, options.inlineWriteBudgetMs ?? DEFAULT_INLINE_WRITE_BUDGET_MS);
+    const outbox = new Outbox<T>(root, lock, maxBytes, maxAgeMs, segmentBytes, logger, options.now ?? Date.now, writes);
     try {
       await outbox.onLane(() => outbox.recover());
     } catch (e) {
@@ -710,7 +709,7 @@ export class Outbox<T = unknown> {
     if (!change) return;
     this.pooledWrites = true;
     this.logger.warn(
-      { file, tookMs: Math.round(tookMs * 10) / 10, overrunsInWindow: change.overrunsInWindow, budgetMs: this.inlineBudgetMs },
+      { file, tookMs: Math.round(tookMs * 10) / 10, overrunsInWindow: change.overrunsInWindow, budgetMs: this.writes.budgetMs },
       'outbox: journal writes block the event loop too long; they go to the I/O thread pool for a while (slow storage?)',
     );
   }

@@ -43,7 +43,7 @@ export class InlineWritePolicy {
   private pooledUntil = -Infinity;
   /** Whether each of the last WINDOW inline writes overran, oldest first. */
   private recent: boolean[] = [];
-  private readonly budgetMs: number;
+  readonly budgetMs: number;
   private readonly backoffMs: number;
   private readonly now: () => number;
   /** Inline writes over the budget since start. */
