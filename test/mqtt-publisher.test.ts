@@ -121,8 +121,7 @@ describe('MqttPublisher', () => {
   it("puts the outbox's figures on /metrics: pending, drops by reason, where its writes run", async () => {
     const port = await freePort(); // nothing listens: every message stays in the outbox
     const cfg = config(mkdtempSync(join(tmpdir(), 'ast-pub-')), { url: `mqtt://127.0.0.1:${port}` });
-    // A generous write budget: a loaded test machine must not move the writes off the event loop here.
-    const publisher = await MqttPublisher.create({ config: cfg, identity: IDENTITY, logger: silent, outbox: { maxBytes: 16 * 1024, inlineWriteBudgetMs: 100 } });
+    const publisher = await MqttPublisher.create({ config: cfg, identity: IDENTITY, logger: silent, outbox: { maxBytes: 16 * 1024 } });
     const metrics = new AgentMetrics('st1', false);
     metrics.observeOutbox(() => publisher.outboxStats());
     const scrape = async (name: string, labels = '') => {
@@ -135,8 +134,10 @@ describe('MqttPublisher', () => {
     publisher.publish({ record: record(2) });
     await until('journaled', () => publisher.outboxStats()?.pending === 3);
     expect(await scrape('ast_outbox_pending', 'station="st1"')).toBe(3);
-    expect(await scrape('ast_outbox_inline_writes')).toBe(1);
-    expect(await scrape('ast_outbox_slow_writes_total')).toBe(0);
+    // Where the writes run and how many were slow: what the outbox itself says (a loaded machine may stall one).
+    const now = publisher.outboxStats()!;
+    expect(await scrape('ast_outbox_inline_writes')).toBe(now.inlineWrites ? 1 : 0);
+    expect(await scrape('ast_outbox_slow_writes_total')).toBe(now.inlineWriteOverruns);
     expect(await scrape('ast_outbox_oldest_age_seconds')).toBeGreaterThanOrEqual(0);
 
     // A 16 KiB journal overflows: the oldest are dropped, and the counter follows the outbox's own count.
