@@ -3,18 +3,8 @@
  * run several agents in one process). Names follow Prometheus conventions: `_total` counters, seconds.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-
-/** What observeOutbox reads (the outbox's own stats, src/publish/outbox.ts). */
-export interface OutboxFigures {
-  pending: number;
-  bytes: number;
-  oldestAgeMs: number | null;
-  droppedForSize: number;
-  droppedForAge: number;
-  droppedOnError: number;
-  inlineWrites: boolean;
-  inlineWriteOverruns: number;
-}
+import type { OutboxStats } from '../publish/outbox.js';
+import type { SparkplugStoreStats } from '../publish/sparkplug/sparkplug-node.js';
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5];
 
@@ -80,9 +70,9 @@ export class AgentMetrics {
    * The MQTT outbox's figures, read at each scrape from `stats` (null while the outbox is not open): what
    * waits for the broker, how old it is, what the bounds made it drop, and where its writes run.
    */
-  observeOutbox(stats: () => OutboxFigures | null): void {
+  observeOutbox(stats: () => OutboxStats | null): void {
     const r = this.registry;
-    const read = (f: (s: OutboxFigures) => number) => () => {
+    const read = (f: (s: OutboxStats) => number) => () => {
       const s = stats();
       return s ? f(s) : null;
     };
@@ -101,7 +91,7 @@ export class AgentMetrics {
   }
 
   /** Sparkplug store and forward, read at each scrape: results held while the session is down, forwarded, dropped. */
-  observeSparkplug(stats: () => { held: number; forwarded: number; dropped: number }): void {
+  observeSparkplug(stats: () => SparkplugStoreStats): void {
     const r = this.registry;
     mirroredGauge(r, 'ast_sparkplug_held', 'Results held while the Sparkplug session is down, to be sent as historical data after the next birth', () => stats().held);
     mirroredCounter(r, 'ast_sparkplug_forwarded_total', 'Results sent as Sparkplug historical data after a session came back', () => ({ '': stats().forwarded }));

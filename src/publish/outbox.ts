@@ -537,21 +537,8 @@ export class Outbox<T = unknown> {
     const handle = segment.handle!;
     let stage = O_DSYNC ? 'write (O_DSYNC)' : 'write';
     try {
-      if (this.writeInline()) {
-        const started = performance.now();
-        writeFullySync(handle, buf, position);
-        if (!O_DSYNC) {
-          stage = 'fdatasync';
-          fdatasyncSync(handle.fd);
-        }
-        this.noteInlineWrite(performance.now() - started, segment.path);
-      } else {
-        await writeFully(handle, buf, position);
-        if (!O_DSYNC) {
-          stage = 'fdatasync';
-          await handle.datasync();
-        }
-      }
+      // Segments are opened O_DSYNC where there is one; elsewhere the write needs its own fdatasync.
+      await this.writeAt(handle, buf, position, segment.path, !O_DSYNC ? () => (stage = 'fdatasync') : null);
     } catch (e) {
       // Take back what may have reached the file. If that fails too, or the error may have come from the
       // sync (after a failed fsync the kernel's page state is unknown), the segment is retired and the next
@@ -666,13 +653,7 @@ export class Outbox<T = unknown> {
       const buf = Buffer.concat(frames);
       try {
         segment.ackHandle ??= await open(segment.ackPath, 'a', 0o600);
-        if (this.writeInline()) {
-          const started = performance.now();
-          writeFullySync(segment.ackHandle, buf, segment.ackSize);
-          this.noteInlineWrite(performance.now() - started, segment.ackPath);
-        } else {
-          await writeFully(segment.ackHandle, buf, segment.ackSize);
-        }
+        await this.writeAt(segment.ackHandle, buf, segment.ackSize, segment.ackPath, null);
         segment.ackSize += buf.length;
         if (this.removalWriteFailures) {
           this.logger.info({ failures: this.removalWriteFailures }, 'outbox: removals are recorded again');
@@ -691,6 +672,29 @@ export class Outbox<T = unknown> {
         }
         this.dirty.add(segment);
       }
+    }
+  }
+
+  /**
+   * Writes all of `bytes` at `position` of `file`, on the event loop or the I/O thread pool as the write
+   * policy says (inline writes are timed against its budget). With `beforeDataSync`, an fdatasync follows,
+   * announced first so that an error can be told from a write error.
+   */
+  private async writeAt(handle: FileHandle, bytes: Buffer, position: number, file: string, beforeDataSync: (() => void) | null): Promise<void> {
+    if (this.writeInline()) {
+      const started = performance.now();
+      writeFullySync(handle, bytes, position);
+      if (beforeDataSync) {
+        beforeDataSync();
+        fdatasyncSync(handle.fd);
+      }
+      this.noteInlineWrite(performance.now() - started, file);
+      return;
+    }
+    await writeFully(handle, bytes, position);
+    if (beforeDataSync) {
+      beforeDataSync();
+      await handle.datasync();
     }
   }
 
