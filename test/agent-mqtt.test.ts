@@ -32,7 +32,7 @@ import type { InspectionRecord } from '../src/config/result-schema.js';
 import { AgentProcess, killAgentProcesses, writeAgentYaml } from './helpers/agent-process.js';
 import { tempDir, writeAgentBundle, writePartFolder } from './helpers/agent-bundle.js';
 import { TestBroker } from './support/mosquitto.js';
-import { sleep, until } from './support/wait.js';
+import { sleep, until, untilNotified } from './support/wait.js';
 
 const AGENT_VERSION = (JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -92,24 +92,10 @@ class Subscriber {
   }
 
   waitFor<T>(probe: () => T | undefined | null | false, what: string, timeoutMs = 20_000): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const v = probe();
-        if (v) {
-          done();
-          resolve(v);
-        }
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; got ${this.got.length} messages, last: ${this.got.slice(-3).map((m) => `${m.topic} ${m.payload.toString('utf8').slice(0, 200)}`).join(' | ')}`));
-      }, timeoutMs);
-      const done = () => {
-        clearTimeout(timer);
-        this.listeners.delete(check);
-      };
-      this.listeners.add(check);
-      check();
+    return untilNotified(this.listeners, probe, {
+      what,
+      timeoutMs,
+      context: () => `; got ${this.got.length} messages, last: ${this.got.slice(-3).map((m) => `${m.topic} ${m.payload.toString('utf8').slice(0, 200)}`).join(' | ')}`,
     });
   }
 

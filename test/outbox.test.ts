@@ -15,6 +15,7 @@ import { Outbox, OutboxError, type OutboxEntry, type OutboxOptions } from '../sr
 import { crc32, crc32Portable } from '../src/publish/outbox/crc32.js';
 import { MAGIC } from '../src/publish/outbox/frame.js';
 import { InlineWritePolicy } from '../src/publish/outbox/inline-writes.js';
+import { untilNotified } from './support/wait.js';
 
 const REPO = resolve(fileURLToPath(import.meta.url), '../..');
 const OUTBOX_MODULE = pathToFileURL(join(REPO, 'src/publish/outbox.ts')).href;
@@ -488,28 +489,19 @@ function startChild(dir: string, mode: 'produce' | 'hold', writeBudget?: number)
   });
   // 'close', not 'exit': every line the child wrote has been read by then.
   const exited = new Promise<void>((r) => proc.once('close', () => r()));
+  // A last look once the child is gone, for waits on what it wrote before dying.
+  proc.once('exit', () => setTimeout(() => listeners.forEach((l) => l()), 10));
   children.push(proc);
   return {
     proc,
     lines,
     exited,
     waitFor(predicate, timeoutMs = 20_000) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          if (predicate(lines)) {
-            listeners.delete(check);
-            clearTimeout(timer);
-            resolve();
-          }
-        };
-        const timer = setTimeout(() => {
-          listeners.delete(check);
-          reject(new Error(`child did not get there in ${timeoutMs} ms; stdout tail: ${lines.slice(-3).join(' | ')}; stderr: ${stderr}`));
-        }, timeoutMs);
-        proc.once('exit', () => setTimeout(check, 10));
-        listeners.add(check);
-        check();
-      });
+      return untilNotified(listeners, () => predicate(lines), {
+        what: 'the child',
+        timeoutMs,
+        context: () => `; stdout tail: ${lines.slice(-3).join(' | ')}; stderr: ${stderr}`,
+      }).then(() => undefined);
     },
   };
 }

@@ -20,7 +20,7 @@ import { DataType, SeqCounter, decodePayload, encodePayload, metric } from '../s
 import { BdSeqStore, nextBdSeq } from '../src/publish/sparkplug/bdseq-store.js';
 import { SparkplugNode, type SparkplugNodeOptions } from '../src/publish/sparkplug/sparkplug-node.js';
 import { TestBroker } from './support/mosquitto.js';
-import { until } from './support/wait.js';
+import { until, untilNotified } from './support/wait.js';
 
 // ---- the independent decoder ------------------------------------------------------------------------------
 
@@ -91,28 +91,14 @@ class Observer {
 
   /** The first message from index `from` on that satisfies `pred`. */
   waitFor(pred: (s: Seen, index: number) => boolean, from = 0, timeoutMs = 5000): Promise<Seen & { index: number }> {
-    return new Promise((resolve, reject) => {
-      const check = (): boolean => {
-        for (let i = from; i < this.seen.length; i++) {
-          if (pred(this.seen[i]!, i)) {
-            resolve({ ...this.seen[i]!, index: i });
-            return true;
-          }
-        }
-        return false;
-      };
-      if (check()) return;
-      const timer = setTimeout(() => {
-        this.listeners.delete(listener);
-        reject(new Error(`timed out; seen: ${this.seen.slice(from).map((s) => s.topic).join(', ')}`));
-      }, timeoutMs);
-      const listener = (): void => {
-        if (check()) {
-          clearTimeout(timer);
-          this.listeners.delete(listener);
-        }
-      };
-      this.listeners.add(listener);
+    const found = () => {
+      for (let i = from; i < this.seen.length; i++) if (pred(this.seen[i]!, i)) return { ...this.seen[i]!, index: i };
+      return undefined;
+    };
+    return untilNotified(this.listeners, found, {
+      what: 'a matching Sparkplug message',
+      timeoutMs,
+      context: () => `; seen: ${this.seen.slice(from).map((s) => s.topic).join(', ')}`,
     });
   }
 

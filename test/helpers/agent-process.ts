@@ -11,6 +11,7 @@ import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import type { InspectionRecord } from '../../src/config/result-schema.js';
+import { untilNotified } from '../support/wait.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = fileURLToPath(new URL('../../bin/ast-agent.js', import.meta.url));
@@ -137,34 +138,11 @@ export class AgentProcess {
 
   /** Waits until `probe` returns something truthy (checked on every log line and on exit). */
   waitFor<T>(probe: () => T | undefined | null | false, what: string, timeoutMs = 30_000): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        let v: T | undefined | null | false;
-        try {
-          v = probe();
-        } catch (e) {
-          done();
-          reject(e as Error);
-          return;
-        }
-        if (v) {
-          done();
-          resolve(v);
-        } else if (this.exit) {
-          done();
-          reject(new Error(`agent exited (code ${this.exit.code}, signal ${this.exit.signal}) before ${what}\n${this.tail()}`));
-        }
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n${this.tail()}`));
-      }, timeoutMs);
-      const done = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-      check();
+    return untilNotified(this.waiters, probe, {
+      what,
+      timeoutMs,
+      context: () => `\n${this.tail()}`,
+      gaveUp: () => (this.exit ? `agent exited (code ${this.exit.code}, signal ${this.exit.signal}) before ${what}\n${this.tail()}` : null),
     });
   }
 
