@@ -20,6 +20,7 @@ import { ModelStore } from '../src/bundle/model-store.js';
 import type { BundleChunk } from '../src/config/bundle-chunk-schema.js';
 import { writeTinyBundle } from './helpers/tiny-bundle.js';
 import { makeTestPki } from './support/tls.js';
+import { rejectionOf } from './support/rejection.js';
 
 let root: string;
 let tarBytes: Buffer;
@@ -120,14 +121,7 @@ function dest(): string {
   return join(root, `dl-${n++}`, 'bundle.tar');
 }
 
-async function refused(p: Promise<unknown>): Promise<DeliveryError> {
-  const e = await p.then(
-    () => null,
-    (x) => x,
-  );
-  expect(e, 'expected a DeliveryError').toBeInstanceOf(DeliveryError);
-  return e as DeliveryError;
-}
+const refused = (p: Promise<unknown>): Promise<DeliveryError> => rejectionOf(p, DeliveryError);
 
 function leftovers(file: string): string[] {
   const dir = join(file, '..');
@@ -300,14 +294,7 @@ async function assembler(extra: Partial<Parameters<typeof ChunkAssembler.open>[0
   return ChunkAssembler.open({ dir: join(root, `chunks-${n++}`), maxBytes: 5_000_000, freeSpaceMarginBytes: 0, ...extra });
 }
 
-async function chunkRefusal(p: Promise<unknown>): Promise<ChunkError> {
-  const e = await p.then(
-    () => null,
-    (x) => x,
-  );
-  expect(e, 'expected a ChunkError').toBeInstanceOf(ChunkError);
-  return e as ChunkError;
-}
+const chunkRefusal = (p: Promise<unknown>): Promise<ChunkError> => rejectionOf(p, ChunkError);
 
 describe('chunk assembly', () => {
   it('out of order with identical duplicates: a verified .tar the model store stages', async () => {

@@ -23,6 +23,7 @@ import {
 } from '../src/bundle/signing.js';
 import { keygenCommand, signCommand, verifyCommand, type CommandOutput } from '../src/cli/signing-commands.js';
 import { writeTinyBundle } from './helpers/tiny-bundle.js';
+import { rejectionOf } from './support/rejection.js';
 
 let root: string;
 let good: string;
@@ -53,14 +54,7 @@ async function signedCopy(key = keyA): Promise<string> {
   return dir;
 }
 
-async function refusal(p: Promise<unknown>): Promise<SignatureError> {
-  const e = await p.then(
-    () => null,
-    (err) => err,
-  );
-  expect(e, 'expected a SignatureError').toBeInstanceOf(SignatureError);
-  return e as SignatureError;
-}
+const refusal = (p: Promise<unknown>): Promise<SignatureError> => rejectionOf(p, SignatureError);
 
 async function editSignature(dir: string, edit: (s: Record<string, unknown>) => void): Promise<void> {
   const path = join(dir, 'signature.json');
